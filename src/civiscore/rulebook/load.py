@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import types
 import typing
+from collections.abc import Hashable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -37,6 +38,31 @@ class RulebookError(Exception):
         super().__init__(f"rulebook refused ({len(problems)} problem(s)):\n{lines}")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key written twice in one mapping.
+
+    Plain YAML keeps the last of two equal keys, which would silently drop a rule's legal
+    basis or a whole department.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"key {key!r} is written twice in the same mapping; keep only one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, Hashable):
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def demo_rulebook_path() -> Path:
     """Path of the demo rulebook shipped with the package."""
     return Path(str(resources.files("civiscore.rulebook") / "data" / DEMO_RULEBOOK))
@@ -57,7 +83,7 @@ def load(path: str | Path) -> Rulebook:
 def loads(text: str, source: str = "<rulebook>") -> Rulebook:
     """Validate rulebook YAML text; ``source`` names it in error messages."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(yaml)"

@@ -81,6 +81,37 @@ LegalBasis = Annotated[str, BeforeValidator(_legal_basis)]
 # value takes effect to the value (null ends it).
 DatedNumber = float | dict[dt.date, float | None]
 
+_DATED_HINT = (
+    "write a number such as -5, or values keyed by the date they take effect such as "
+    "{2020-01-01: -5, 2022-01-01: -10} (null ends the value)"
+)
+
+
+def _dated_number(value: object) -> object:
+    # Checked here, not by the union alone: a failed union reports one error per branch, at
+    # paths such as ``points.float`` that do not exist in the YAML.
+    def number(v: object) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    if number(value):
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"{_DATED_HINT} (got {value!r})")
+    for key, v in value.items():
+        try:
+            ok_key = not isinstance(key, dt.datetime) and (
+                isinstance(key, dt.date)
+                or (isinstance(key, str) and bool(dt.date.fromisoformat(key)))
+            )
+        except ValueError:
+            ok_key = False
+        if not ok_key or not (v is None or number(v)):
+            raise ValueError(f"{key}: {v!r} is not a dated value; {_DATED_HINT}")
+    return value
+
+
+DatedNumberField = Annotated[DatedNumber, BeforeValidator(_dated_number)]
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -150,8 +181,8 @@ class Rule(Strict):
     kind: str
     description: str | None = None
     when: Condition | None = None
-    points: DatedNumber | None = None
-    points_per_unit: DatedNumber | None = None
+    points: DatedNumberField | None = None
+    points_per_unit: DatedNumberField | None = None
     max_points_per_record: float | None = Field(default=None, gt=0)
     severity: Literal["minor", "serious", "grave", "merit"]
     valid_for: DurationField | None = None
