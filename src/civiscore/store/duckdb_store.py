@@ -67,7 +67,7 @@ CREATE TABLE IF NOT EXISTS snapshots (
 CREATE TABLE IF NOT EXISTS snapshot_scores (
     snapshot_id BIGINT NOT NULL,
     sid BIGINT NOT NULL,
-    score DOUBLE NOT NULL,
+    score DECIMAL(18, 2) NOT NULL,
     band VARCHAR NOT NULL,
     band_capped BOOLEAN NOT NULL
 );
@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS snapshot_contexts (
     snapshot_id BIGINT NOT NULL,
     sid BIGINT NOT NULL,
     context VARCHAR NOT NULL,
-    points DOUBLE NOT NULL
+    points DECIMAL(18, 2) NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshot_listings (
     snapshot_id BIGINT NOT NULL,

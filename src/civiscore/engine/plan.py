@@ -1,0 +1,300 @@
+"""The scoring plan: the rulebook's semantics as a sequence of set-based SQL stages.
+
+This is the one definition of what a rulebook means. Every answer — the population snapshot,
+one subject's explanation, one eligibility check — runs these same stages, the population
+without a subject filter and the others with one, so an explanation always adds up to the
+snapshot's score.
+
+Stages (each a table built from the previous ones):
+
+``withdrawn``  records retracted by a later record known by K (same department and subject)
+``live``       records known by K, occurred by T, not retractions themselves, not withdrawn
+``matched``    live records joined to the rule (and dated value) in force when they occurred
+``points``     matched records still counting at T, with merit caps applied per calendar year
+``decision_listings`` / ``conduct_listings``   listing instances active at T
+``scores``     base + points per subject, the band, and the grave-sanction cap
+``benefits``   redlists triggered by the (capped) band, suppressed by any grave sanction
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from civiscore.rulebook.model import DatedNumber, Duration, Listing, Rule, Rulebook
+from civiscore.rulebook.safeguards import rule_sign
+from civiscore.timeutil import sql_timestamp
+
+POINTS = "DECIMAL(18, 2)"
+
+
+def _q(text: str | None) -> str:
+    return "NULL" if text is None else "'" + text.replace("'", "''") + "'"
+
+
+def _num(value: float | None) -> str:
+    return "NULL" if value is None else repr(float(value))
+
+
+def _ts(day: dt.date | None) -> str:
+    return "NULL" if day is None else f"TIMESTAMP '{day.isoformat()} 00:00:00'"
+
+
+def interval(d: Duration) -> str:
+    """SQL to add a duration: months first, then days (matching :meth:`Duration.add_to`)."""
+    return f"to_months({d.months}) + to_days({d.days})"
+
+
+def _periods(
+    rule: Rule, value: DatedNumber
+) -> list[tuple[dt.date, dt.date | None, float]]:
+    """Split a rule into (from, until, value) periods from its dated values and effective dates."""
+    end = rule.effective_until
+    if not isinstance(value, dict):
+        return [(rule.effective_from, end, float(value))]
+    keys = sorted(value)
+    out = []
+    for i, start in enumerate(keys):
+        v = value[start]
+        nxt = keys[i + 1] if i + 1 < len(keys) else end
+        if end is not None and nxt is not None:
+            nxt = min(nxt, end)
+        if v is not None:
+            out.append((max(start, rule.effective_from), nxt, float(v)))
+    return out
+
+
+def rules_values_sql(rb: Rulebook) -> str:
+    """The rules as a VALUES relation, one row per rule and period of its dated value."""
+    rows = []
+    for rule in rb.rules:
+        per_unit = rule.points_per_unit is not None
+        value = rule.points_per_unit if per_unit else rule.points
+        assert value is not None
+        lo = rule.when.quantity_at_least if rule.when else None
+        hi = rule.when.quantity_below if rule.when else None
+        vm = rule.valid_for.months if rule.valid_for else None
+        vd = rule.valid_for.days if rule.valid_for else None
+        for start, until, v in _periods(rule, value):
+            rows.append(
+                f"({_q(rule.id)}, {_q(rule.kind)}, {_q(_context_of(rb, rule.kind))}, "
+                f"{rule_sign(rule)}, {_num(lo)}, {_num(hi)}, {str(per_unit).lower()}, {_num(v)}, "
+                f"{_num(rule.max_points_per_record)}, {vm if vm is not None else 'NULL'}, "
+                f"{vd if vd is not None else 'NULL'}, "
+                f"{_num(rule.cap.max_points if rule.cap else None)}, {_ts(start)}, {_ts(until)})"
+            )
+    if not rows:
+        rows.append("(NULL, NULL, NULL, 0, NULL, NULL, false, 0, NULL, NULL, NULL, NULL, NULL, NULL)")
+    return (
+        "(SELECT * FROM (VALUES " + ",\n".join(rows) + ") AS rv(rule_id, kind, context, sign, "
+        "q_lo, q_hi, per_unit, value, max_per_record, valid_m, valid_d, cap, v_from, v_until) "
+        "WHERE rule_id IS NOT NULL)"
+    )
+
+
+def _context_of(rb: Rulebook, kind: str) -> str:
+    found = rb.kind(kind)
+    assert found is not None
+    return found[1].context
+
+
+def band_sql(rb: Rulebook, score: str) -> str:
+    parts = [f"WHEN {score} >= {b.min!r} THEN {_q(b.band)}" for b in rb.bands if b.min is not None]
+    return "CASE " + " ".join(parts) + f" ELSE {_q(rb.bands[-1].band)} END"
+
+
+def band_rank_sql(rb: Rulebook, band: str) -> str:
+    parts = [f"WHEN {_q(b.band)} THEN {i}" for i, b in enumerate(rb.bands)]
+    return f"CASE {band} " + " ".join(parts) + " END"
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    sql: str
+
+
+def stages(rb: Rulebook, at: dt.datetime, known_at: dt.datetime, sid: int | None) -> list[Stage]:
+    """The plan for one question (T, K, optionally one subject) as ordered stages."""
+    T, K = sql_timestamp(at), sql_timestamp(known_at)
+    who = "" if sid is None else f" AND sid = {int(sid)}"
+    out = [
+        Stage(
+            "withdrawn",
+            f"""SELECT department, retracts AS record_id, sid,
+                   arg_min(record_id, received_at) AS by_record, min(received_at) AS known_since
+            FROM records
+            WHERE retracts IS NOT NULL AND received_at <= {K}{who}
+            GROUP BY department, retracts, sid""",
+        ),
+        Stage(
+            "live",
+            f"""SELECT r.department, r.record_id, r.sid, r.kind, r.occurred_at, r.quantity,
+                   r.reference, r.received_at
+            FROM records r
+            WHERE r.received_at <= {K} AND r.occurred_at <= {T} AND r.retracts IS NULL{who}
+              AND NOT EXISTS (SELECT 1 FROM withdrawn w WHERE w.department = r.department
+                              AND w.record_id = r.record_id AND w.sid = r.sid)""",
+        ),
+        Stage(
+            "matched",
+            f"""SELECT l.department, l.record_id, l.sid, l.kind, l.occurred_at, rv.rule_id,
+                   rv.context, rv.cap,
+                   CAST(CASE WHEN rv.per_unit
+                        THEN rv.sign * least(abs(round(rv.value * l.quantity, 2)),
+                                             coalesce(rv.max_per_record, 1e15))
+                        ELSE rv.value END AS {POINTS}) AS raw_points,
+                   CASE WHEN rv.valid_m IS NULL THEN NULL
+                        ELSE l.occurred_at + to_months(rv.valid_m) + to_days(rv.valid_d)
+                   END AS counts_until
+            FROM live l JOIN {rules_values_sql(rb)} rv
+              ON l.kind = rv.kind AND l.occurred_at >= rv.v_from
+             AND (rv.v_until IS NULL OR l.occurred_at < rv.v_until)
+             AND (rv.q_lo IS NULL OR l.quantity >= rv.q_lo)
+             AND (rv.q_hi IS NULL OR l.quantity < rv.q_hi)
+            WHERE NOT (rv.per_unit AND l.quantity IS NULL)""",
+        ),
+        Stage(
+            "points",
+            f"""SELECT department, record_id, sid, kind, occurred_at, rule_id, context,
+                   counts_until, raw_points, raw_points AS points
+            FROM matched
+            WHERE cap IS NULL AND (counts_until IS NULL OR counts_until > {T})
+            UNION ALL
+            SELECT department, record_id, sid, kind, occurred_at, rule_id, context,
+                   counts_until, raw_points,
+                   CAST(greatest(0, least(raw_points, cap - coalesce(sum(raw_points) OVER (
+                       PARTITION BY sid, rule_id, year(occurred_at)
+                       ORDER BY occurred_at, department, record_id
+                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))) AS {POINTS})
+            FROM matched
+            WHERE cap IS NOT NULL AND (counts_until IS NULL OR counts_until > {T})""",
+        ),
+        Stage("decision_listings", _decision_listings_sql(rb, T)),
+        Stage("conduct_listings", _conduct_listings_sql(rb, T)),
+        Stage(
+            "scores",
+            f"""WITH population AS (
+                  SELECT DISTINCT sid FROM records
+                  WHERE received_at <= {K} AND occurred_at <= {T}{who}
+                ), totals AS (
+                  SELECT sid, sum(points) AS total FROM points GROUP BY sid
+                ), grave AS (
+                  SELECT DISTINCT sid FROM decision_listings WHERE grave
+                  UNION SELECT DISTINCT sid FROM conduct_listings WHERE grave
+                ), raw AS (
+                  SELECT p.sid,
+                         CAST({rb.base!r} AS {POINTS}) + coalesce(t.total, 0) AS score,
+                         g.sid IS NOT NULL AS grave_active
+                  FROM population p LEFT JOIN totals t USING (sid) LEFT JOIN grave g USING (sid)
+                )
+                SELECT sid, CAST(score AS {POINTS}) AS score, grave_active,
+                       {band_sql(rb, "score")} AS raw_band,
+                       CASE WHEN grave_active AND {band_rank_sql(rb, band_sql(rb, "score"))}
+                                 < {band_rank_sql(rb, _q(rb.grave_sanction_band_cap))}
+                            THEN {_q(rb.grave_sanction_band_cap)}
+                            ELSE {band_sql(rb, "score")} END AS band
+                FROM raw""",
+        ),
+        Stage("benefits", _benefits_sql(rb)),
+    ]
+    return out
+
+
+def _decision_listings_sql(rb: Rulebook, T: str) -> str:
+    parts = []
+    for listing in rb.listings:
+        if listing.trigger.decision is None:
+            continue
+        assert listing.duration is not None or listing.list == "redlist"
+        end = (
+            f"d.occurred_at + {interval(listing.duration)}" if listing.duration else "NULL"
+        )
+        settled = "NULL"
+        if listing.ended_by is not None:
+            settled = (
+                f"(SELECT min(e.occurred_at) FROM live e WHERE e.kind = {_q(listing.ended_by.kind)}"
+                " AND e.sid = d.sid AND e.reference = d.reference"
+                " AND e.occurred_at >= d.occurred_at)"
+            )
+        parts.append(
+            f"""SELECT {_q(listing.id)} AS listing, {_q(listing.list)} AS list,
+                   {str(listing.grave).lower()} AS grave, d.sid, d.occurred_at AS since,
+                   {end} AS max_until, {settled} AS ended_at, d.record_id, d.department,
+                   d.reference
+            FROM live d WHERE d.kind = {_q(listing.trigger.decision)}"""
+        )
+    if not parts:
+        return _empty_listings()
+    union = "\nUNION ALL\n".join(parts)
+    return f"""SELECT listing, list, grave, sid, since,
+                   CASE WHEN ended_at IS NULL THEN max_until
+                        WHEN max_until IS NULL THEN ended_at
+                        ELSE least(max_until, ended_at) END AS until,
+                   ended_at, record_id, department, reference
+            FROM ({union}) x
+            WHERE since <= {T} AND (ended_at IS NULL OR ended_at > {T})
+              AND (max_until IS NULL OR max_until > {T})"""
+
+
+def _empty_listings() -> str:
+    return (
+        "SELECT NULL::VARCHAR AS listing, NULL::VARCHAR AS list, false AS grave, "
+        "NULL::BIGINT AS sid, NULL::TIMESTAMP AS since, NULL::TIMESTAMP AS until, "
+        "NULL::TIMESTAMP AS ended_at, NULL::VARCHAR AS record_id, NULL::VARCHAR AS department, "
+        "NULL::VARCHAR AS reference WHERE false"
+    )
+
+
+def _conduct_listings_sql(rb: Rulebook, T: str) -> str:
+    parts = []
+    for listing in rb.listings:
+        conduct = listing.trigger.conduct
+        if conduct is None:
+            continue
+        assert listing.duration is not None
+        parts.append(_one_conduct(listing, conduct.kind, conduct.count, conduct.within, T))
+    if not parts:
+        return _empty_listings()
+    return "\nUNION ALL\n".join(parts)
+
+
+def _one_conduct(listing: Listing, kind: str, count: int, within: Duration, T: str) -> str:
+    assert listing.duration is not None
+    # Each record that brings the count within the window to the threshold starts an instance;
+    # the subject is listed while any instance runs. "since" is the earliest running instance.
+    window = f"INTERVAL '{within.months} months {within.days} days'"
+    return f"""SELECT {_q(listing.id)} AS listing, {_q(listing.list)} AS list,
+               {str(listing.grave).lower()} AS grave, sid, min(since) AS since,
+               max(since + {interval(listing.duration)}) AS until, NULL::TIMESTAMP AS ended_at,
+               arg_max(record_id, since) AS record_id, arg_max(department, since) AS department,
+               NULL::VARCHAR AS reference
+        FROM (
+          SELECT sid, occurred_at AS since, record_id, department,
+                 count(*) OVER (PARTITION BY sid ORDER BY occurred_at
+                                RANGE BETWEEN {window} PRECEDING AND CURRENT ROW) AS n
+          FROM live WHERE kind = {_q(kind)}
+        ) c
+        WHERE n >= {count} AND since <= {T} AND since + {interval(listing.duration)} > {T}
+        GROUP BY sid"""
+
+
+def _benefits_sql(rb: Rulebook) -> str:
+    parts = []
+    for listing in rb.listings:
+        if listing.trigger.band is None:
+            continue
+        bands = ", ".join(_q(b) for b in listing.trigger.band)
+        parts.append(
+            f"""SELECT {_q(listing.id)} AS listing, {_q(listing.list)} AS list, false AS grave,
+                   sid, NULL::TIMESTAMP AS since, NULL::TIMESTAMP AS until,
+                   NULL::TIMESTAMP AS ended_at, NULL::VARCHAR AS record_id,
+                   NULL::VARCHAR AS department, NULL::VARCHAR AS reference
+            FROM scores WHERE band IN ({bands}) AND NOT grave_active"""
+        )
+    # Decision-triggered redlists also grant benefits, but never while a grave sanction runs.
+    parts.append(
+        """SELECT d.* FROM decision_listings d JOIN scores s USING (sid)
+        WHERE d.list = 'redlist' AND NOT s.grave_active"""
+    )
+    return "\nUNION ALL\n".join(parts)
