@@ -1,0 +1,488 @@
+"""The ``civiscore`` command line: a thin layer over :class:`civiscore.workspace.Workspace`.
+
+Exit codes: 0 success (for ``check``: allowed), 1 ``check`` denied, 2 bad usage or invalid input.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from civiscore.decisions.check import Decision, UnknownService
+from civiscore.home import KeyMissing, resolve_home
+from civiscore.ids import InvalidSubjectId
+from civiscore.ingest.readers import FileError
+from civiscore.ingest.run import IngestSummary
+from civiscore.rights.explain import Explanation
+from civiscore.rulebook.load import RulebookError, load
+from civiscore.rulebook.registry import NoRulebookInForce
+from civiscore.store.base import Snapshot
+from civiscore.store.duckdb_store import StoreMissing
+from civiscore.timeutil import BadMoment, now_local, parse_moment
+from civiscore.workspace import Workspace
+
+app = typer.Typer(
+    help="civiscore: city-scale credit scoring under the rule of law.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+_STATE: dict[str, Path] = {}
+
+HomeOpt = Annotated[
+    Path | None,
+    typer.Option("--home", help="civiscore home (default: $CIVISCORE_HOME or ./civiscore-data)"),
+]
+AtOpt = Annotated[
+    str | None,
+    typer.Option("--at", help="the moment asked about, ISO 8601; a date means its end (default: now)"),
+]
+KnownOpt = Annotated[
+    str | None,
+    typer.Option("--known-at", help="only what the store had received by then (default: now)"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+
+
+@app.callback()
+def main(home: HomeOpt = None) -> None:
+    """civiscore: department records → rulebook → scores, listings and explained decisions."""
+    _STATE["home"] = resolve_home(home)
+
+
+def _home() -> Path:
+    return _STATE.get("home") or resolve_home(None)
+
+
+def fail(message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Turn the domain's expected errors into exit code 2 with their message."""
+    try:
+        yield
+    except RulebookError as exc:
+        err.print(f"[bold red]error:[/] rulebook refused ({len(exc.problems)} problem(s)):")
+        for p in exc.problems:
+            err.print(f"  {p}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from exc
+    except (
+        StoreMissing,
+        KeyMissing,
+        InvalidSubjectId,
+        FileError,
+        BadMoment,
+        UnknownService,
+        NoRulebookInForce,
+    ) as exc:
+        fail(str(exc))
+
+
+def _moments(at: str | None, known_at: str | None) -> tuple[dt.datetime, dt.datetime]:
+    now = now_local()
+    t = parse_moment(at) if at else now
+    k = parse_moment(known_at) if known_at else now
+    return t, k
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2, default=str) + "\n")
+
+
+@contextmanager
+def _workspace(read_only: bool = False) -> Iterator[Workspace]:
+    with _errors():
+        ws = Workspace.open(_home(), read_only=read_only)
+        try:
+            yield ws
+        finally:
+            ws.close()
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    rulebook: Annotated[
+        Path | None, typer.Option(help="rulebook YAML to publish (default: the demo rulebook)")
+    ] = None,
+) -> None:
+    """Create the store and the pseudonym key, and publish a rulebook."""
+    with _errors():
+        ws, res = Workspace.init(_home(), rulebook)
+        ws.close()
+    out.print(f"store      {res.home / 'store.duckdb'}")
+    state = "created" if res.key_created else "kept (already present)"
+    out.print(f"key        {res.key_file} — {state}; keep it secret and backed up")
+    published = "published" if res.rulebook_published else "already published"
+    out.print(f"rulebook   version {res.rulebook_version} — {published}")
+
+
+@app.command()
+def synth(
+    out_dir: Annotated[Path, typer.Option("--out", help="directory for the city's files")],
+    residents: Annotated[int, typer.Option(min=1, help="number of residents")] = 20_000,
+    organisations: Annotated[
+        int | None, typer.Option(min=1, help="number of organisations (default residents/20)")
+    ] = None,
+    years: Annotated[int, typer.Option(min=1, max=30, help="years of records")] = 5,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same city")] = 0,
+    bad_rows: Annotated[
+        float, typer.Option(min=0.0, max=0.5, help="share of deliberately bad rows")
+    ] = 0.01,
+    end: Annotated[str | None, typer.Option(help="last day of records (default 2026-10-31)")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Write a deterministic synthetic city: residents, organisations, department files."""
+    from civiscore.synth.city import DEFAULT_END, write_city
+
+    end_day = DEFAULT_END
+    if end:
+        try:
+            end_day = dt.date.fromisoformat(end)
+        except ValueError:
+            fail(f"--end {end!r} is not a date; write 2026-10-31")
+    total = residents + (organisations if organisations is not None else max(10, residents // 20))
+    with _progress(json_out) as progress:
+        task = progress.add_task("synthesising city", total=total)
+        files = write_city(
+            out_dir,
+            residents=residents,
+            organisations=organisations,
+            years=years,
+            seed=seed,
+            bad_rows=bad_rows,
+            end=end_day,
+            progress=lambda n: progress.advance(task, n),
+        )
+    summary = {
+        "out": str(out_dir),
+        "residents": str(files.residents),
+        "organisations": str(files.organisations),
+        "departments": {d: str(p) for d, p in files.departments.items()},
+        "rows": files.rows,
+        "bad_rows": files.bad_rows,
+    }
+    if json_out:
+        _print_json(summary)
+        return
+    table = Table(title=f"synthetic city in {out_dir}")
+    for col in ("department", "file", "rows", "bad rows"):
+        table.add_column(col, justify="right" if "rows" in col else "left")
+    for dep, path in files.departments.items():
+        table.add_row(dep, str(path), f"{files.rows[dep]:,}", f"{files.bad_rows[dep]:,}")
+    out.print(table)
+
+
+@contextmanager
+def _progress(quiet: bool, *, bytes_mode: bool = False) -> Iterator[Progress]:
+    columns: list[Any] = [TextColumn("{task.description}"), BarColumn()]
+    columns.append(DownloadColumn() if bytes_mode else MofNCompleteColumn())
+    columns += [TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=err, disable=quiet, transient=False) as progress:
+        yield progress
+
+
+@app.command()
+def ingest(
+    department: Annotated[str, typer.Option(help="department that sent the files")],
+    files: Annotated[list[Path], typer.Argument(help="CSV, JSON Lines or Parquet files")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Validate and store department records; rejected rows go to a rejects file."""
+    summaries: list[IngestSummary] = []
+    with _workspace() as ws, _errors():
+        for path in files:
+            with _progress(json_out, bytes_mode=True) as progress:
+                task = progress.add_task(f"{department}: {path.name}", total=None)
+                summaries.append(
+                    ws.ingest(
+                        department,
+                        path,
+                        progress=lambda done, total: progress.update(
+                            task, completed=done, total=total
+                        ),
+                    )
+                )
+    if json_out:
+        _print_json([s.as_dict() for s in summaries])
+        return
+    _print_ingest(summaries)
+
+
+def _print_ingest(summaries: list[IngestSummary]) -> None:
+    table = Table(title="ingest")
+    for col in ("file", "rows", "accepted", "duplicate", "rejected"):
+        table.add_column(col, justify="left" if col == "file" else "right")
+    for s in summaries:
+        table.add_row(
+            s.file, f"{s.rows:,}", f"{s.accepted:,}", f"{s.duplicates:,}", f"{s.rejected:,}"
+        )
+    out.print(table)
+    for s in summaries:
+        if s.rejects_file:
+            by_field = ", ".join(f"{f}: {n}" for f, n in s.reasons.most_common())
+            out.print(f"rejected rows of {s.file} → {s.rejects_file} ({by_field})")
+        if s.ignored_columns:
+            out.print(f"ignored columns in {s.file}: {', '.join(s.ignored_columns)} (not stored)")
+
+
+@app.command()
+def score(at: AtOpt = None, known_at: KnownOpt = None, json_out: JsonOpt = False) -> None:
+    """Materialise scores, bands and listings for the whole population as of T."""
+    with _workspace() as ws, _errors():
+        t, k = _moments(at, known_at)
+        with err.status("scoring the population", spinner="dots") if not json_out else _null():
+            snap = ws.score(t, k)
+    data = _snapshot_dict(snap)
+    if json_out:
+        _print_json(data)
+        return
+    out.print(
+        f"snapshot {snap.snapshot_id}: {snap.subjects:,} subjects scored as of {snap.at} "
+        f"(known at {snap.known_at}) under rulebook {snap.rulebook_version}"
+    )
+
+
+@contextmanager
+def _null() -> Iterator[None]:
+    yield
+
+
+def _snapshot_dict(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "snapshot_id": snap.snapshot_id,
+        "rulebook_version": snap.rulebook_version,
+        "as_of": snap.at.isoformat(),
+        "known_at": snap.known_at.isoformat(),
+        "subjects": snap.subjects,
+    }
+
+
+@app.command("check")
+def check_cmd(
+    subject_id: Annotated[str, typer.Argument(help="resident ID or unified social credit code")],
+    service: Annotated[str, typer.Argument(help="service, e.g. high_speed_rail")],
+    at: AtOpt = None,
+    known_at: KnownOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """May this subject use this service? Exit 0 allowed, 1 denied."""
+    with _workspace(read_only=True) as ws, _errors():
+        t, k = _moments(at, known_at)
+        decision = ws.check(subject_id, service, t, k)
+    if json_out:
+        _print_json(decision.model_dump(mode="json"))
+    else:
+        _print_decision(decision)
+    raise typer.Exit(0 if decision.allowed else 1)
+
+
+def _print_decision(d: Decision) -> None:
+    if d.allowed:
+        out.print(Panel(f"[bold green]ALLOWED[/] — {d.service} as of {d.as_of}", expand=False))
+        return
+    out.print(Panel(f"[bold red]DENIED[/] — {d.service} as of {d.as_of}", expand=False))
+    for r in d.reasons:
+        table = Table(show_header=False, box=None, padding=(0, 1))
+        table.add_column(style="bold")
+        table.add_column()
+        table.add_row("listing", f"{r.name} ({r.listing})")
+        table.add_row("legal basis", r.legal_basis)
+        if r.department:
+            table.add_row("decided by", f"{r.department}, record {r.record_id}")
+        if r.reference:
+            table.add_row("reference", r.reference)
+        table.add_row("since", str(r.since or "—"))
+        table.add_row("until", str(r.until or "—"))
+        table.add_row("remedy", r.remedy or "—")
+        table.add_row("appeal", r.appeal)
+        out.print(table)
+
+
+@app.command("explain")
+def explain_cmd(
+    subject_id: Annotated[str, typer.Argument(help="resident ID or unified social credit code")],
+    at: AtOpt = None,
+    known_at: KnownOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Every record behind a subject's score and listings, with the rule and law for each."""
+    with _workspace(read_only=True) as ws, _errors():
+        t, k = _moments(at, known_at)
+        x = ws.explain(subject_id, t, k)
+    if json_out:
+        _print_json(x.model_dump(mode="json"))
+        return
+    _print_explanation(x)
+
+
+def _print_explanation(x: Explanation) -> None:
+    capped = " (capped: a grave sanction is active)" if x.band_capped_by_grave_sanction else ""
+    out.print(
+        Panel(
+            f"score [bold]{x.score}[/] = base {x.base} + {x.score - x.base} · band "
+            f"[bold]{x.band}[/]{capped}\nas of {x.as_of} · known at {x.known_at} · rulebook "
+            f"{x.rulebook_version}",
+            expand=False,
+        )
+    )
+    if x.contexts:
+        out.print("by context: " + ", ".join(f"{c} {p:+}" for c, p in sorted(x.contexts.items())))
+    table = Table(title="records that count")
+    for col in ("occurred", "department", "record", "rule", "points", "counts until", "legal basis"):
+        table.add_column(col, justify="right" if col == "points" else "left")
+    for line in x.lines:
+        table.add_row(
+            f"{line.occurred_at:%Y-%m-%d}",
+            line.department,
+            line.record_id,
+            line.rule + (f"\n[dim]{line.note}[/]" if line.note else ""),
+            f"{line.points:+}",
+            f"{line.counts_until:%Y-%m-%d}" if line.counts_until else "—",
+            line.legal_basis,
+        )
+    out.print(table)
+    if x.not_counted:
+        nc = Table(title="records that do not count")
+        for col in ("occurred", "department", "record", "kind", "why"):
+            nc.add_column(col)
+        for n in x.not_counted:
+            nc.add_row(f"{n.occurred_at:%Y-%m-%d}", n.department, n.record_id, n.kind, n.reason)
+        out.print(nc)
+    for lst in x.listings:
+        services = ", ".join(r.service for r in lst.restricts)
+        out.print(
+            Panel(
+                f"[bold red]{lst.name}[/] ({lst.listing}) since {lst.since} until {lst.until}\n"
+                f"restricts: {services}\nlegal basis: {lst.legal_basis}\n"
+                f"decided by: {lst.department} record {lst.record_id}"
+                + (f", reference {lst.reference}" if lst.reference else "")
+                + f"\nremedy: {lst.remedy or '—'}",
+                expand=False,
+            )
+        )
+    if x.benefits:
+        out.print("[bold green]benefits:[/] " + ", ".join(x.benefits))
+
+
+@app.command()
+def stats(at: AtOpt = None, json_out: JsonOpt = False) -> None:
+    """Subjects per band and per listing, restrictions and benefits per service."""
+    with _workspace() as ws, _errors():
+        if at:
+            t = parse_moment(at)
+            snap = ws.store.latest_snapshot(t) or ws.score(t, now_local())
+        else:
+            latest = ws.store.latest_snapshot()
+            if latest is None:
+                fail("no snapshot yet; run `civiscore score` first")
+            snap = latest
+        data = ws.stats(snap)
+    if json_out:
+        _print_json(data)
+        return
+    _print_stats(data)
+
+
+def _print_stats(data: dict[str, Any]) -> None:
+    out.print(
+        f"snapshot {data['snapshot_id']} · as of {data['as_of']} · rulebook "
+        f"{data['rulebook_version']} · {data['subjects']:,} subjects · mean score "
+        f"{data['mean_score']}"
+    )
+    total = max(data["subjects"], 1)
+    bands = Table(title="subjects per band")
+    bands.add_column("band")
+    bands.add_column("subjects", justify="right")
+    bands.add_column("share", justify="right")
+    bands.add_column("")
+    for band, n in data["bands"].items():
+        bands.add_row(band, f"{n:,}", f"{n / total:.2%}", "█" * max(0, round(40 * n / total)))
+    out.print(bands)
+    lists = Table(title="listings")
+    lists.add_column("listing")
+    lists.add_column("subjects", justify="right")
+    for name, n in data["listings"].items():
+        lists.add_row(name, f"{n:,}")
+    out.print(lists)
+    svc = Table(title="services")
+    svc.add_column("service")
+    svc.add_column("restricted", justify="right")
+    svc.add_column("granted", justify="right")
+    for name, n in data["restricted_per_service"].items():
+        svc.add_row(name, f"{n:,}", "")
+    for name, n in data["benefits_per_service"].items():
+        svc.add_row(name, "", f"{n:,}")
+    out.print(svc)
+
+
+@app.command()
+def lint(
+    rulebook: Annotated[Path, typer.Argument(help="rulebook YAML file")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a rulebook against the schema and the safeguards. Exit 0 clean, 2 with errors."""
+    try:
+        rb = load(rulebook)
+    except RulebookError as exc:
+        if json_out:
+            _print_json(
+                {
+                    "ok": False,
+                    "problems": [
+                        {"file": p.file, "path": p.path, "message": p.message}
+                        for p in exc.problems
+                    ],
+                }
+            )
+        else:
+            for p in exc.problems:
+                err.print(str(p), highlight=False, soft_wrap=True)
+            err.print(f"[bold red]{len(exc.problems)} problem(s)[/]")
+        raise typer.Exit(2) from exc
+    if json_out:
+        _print_json({"ok": True, "rulebook": rb.rulebook, "version": rb.version})
+    else:
+        out.print(
+            f"{rulebook}: rulebook {rb.rulebook} version {rb.version} is clean "
+            f"({len(rb.rules)} rules, {len(rb.listings)} listings)"
+        )
+
+
+@app.command()
+def demo(
+    residents: Annotated[int, typer.Option(min=1000, help="residents in the synthetic city")] = 20_000,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+) -> None:
+    """synth → init → ingest → score → stats, one denied check and one explanation."""
+    from civiscore.demo import run_demo
+
+    with _errors():
+        run_demo(_home(), residents=residents, seed=seed, console=out, err=err)

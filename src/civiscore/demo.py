@@ -1,0 +1,108 @@
+"""The demo: a synthetic city from department files to explained decisions, on the embedded store."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+from rich.console import Console
+from rich.rule import Rule
+
+from civiscore.ids import pseudonym_sql
+from civiscore.synth.city import DEFAULT_END, write_city
+from civiscore.timeutil import now_local
+from civiscore.workspace import Workspace
+
+
+def run_demo(home: Path, *, residents: int, seed: int, console: Console, err: Console) -> None:
+    from civiscore import cli  # the demo prints exactly what the commands print
+
+    city = home / "city"
+    console.print(Rule("1. synthesise a city"))
+    if (city / "residents.parquet").exists():
+        console.print(f"reusing the synthetic city in {city} (delete it to make a new one)")
+        files = sorted(p for p in city.iterdir() if p.stem not in ("residents", "organisations"))
+        departments = {p.stem: p for p in files if p.suffix in (".csv", ".jsonl", ".parquet")}
+    else:
+        with cli._progress(False) as progress:
+            task = progress.add_task("synthesising", total=residents + max(10, residents // 20))
+            written = write_city(
+                city, residents=residents, seed=seed,
+                progress=lambda n: progress.advance(task, n),
+            )
+        departments = written.departments
+        console.print(
+            f"{residents:,} residents, {sum(written.rows.values()):,} department rows "
+            f"({sum(written.bad_rows.values()):,} deliberately bad) in {city}"
+        )
+
+    console.print(Rule("2. init: store, pseudonym key, demo rulebook"))
+    ws, res = Workspace.init(home)
+    console.print(f"store {home / 'store.duckdb'} · key {res.key_file} · rulebook {res.rulebook_version}")
+    try:
+        console.print(Rule("3. ingest each department's file"))
+        summaries = []
+        for dep, path in sorted(departments.items()):
+            with cli._progress(False, bytes_mode=True) as progress:
+                task = progress.add_task(f"{dep}: {path.name}", total=None)
+                summaries.append(
+                    ws.ingest(
+                        dep, path,
+                        progress=lambda d, t: progress.update(task, completed=d, total=t),
+                    )
+                )
+        cli._print_ingest(summaries)
+
+        at = dt.datetime.combine(DEFAULT_END, dt.time.max)
+        known = now_local()
+        console.print(Rule(f"4. score the population as of {at:%Y-%m-%d}"))
+        snap = ws.score(at, known)
+        console.print(f"snapshot {snap.snapshot_id}: {snap.subjects:,} subjects")
+
+        console.print(Rule("5. stats"))
+        cli._print_stats(ws.stats(snap))
+
+        raw = _pick(ws, city, snap.snapshot_id, "high_speed_rail")
+        if raw is None:
+            err.print("no listed subject in this city; try more residents")
+            return
+        console.print(Rule(f"6. check {raw} for high_speed_rail"))
+        cli._print_decision(ws.check(raw, "high_speed_rail", at, known))
+        console.print(Rule(f"7. explain {raw}"))
+        cli._print_explanation(ws.explain(raw, at, known))
+        good = _pick(ws, city, snap.snapshot_id, "deposit_free_rental")
+        if good is not None:
+            console.print(Rule(f"8. a green-channel benefit: {good}"))
+            cli._print_decision(ws.check(good, "deposit_free_rental", at, known))
+        console.print(Rule("try it yourself"))
+        console.print(
+            f"civiscore --home {home} check {raw} high_speed_rail --at {at:%Y-%m-%d}\n"
+            f"civiscore --home {home} explain {raw} --at {at:%Y-%m-%d} --json\n"
+            f"civiscore --home {home} stats --json"
+        )
+    finally:
+        ws.close()
+
+
+def _pick(ws: Workspace, city: Path, snapshot_id: int, service: str) -> str | None:
+    """A synthetic subject whose listing touches ``service`` (raw IDs are synthetic here)."""
+    rb = ws.rulebook_at(now_local())
+    ids = [
+        lst.id
+        for lst in rb.listings
+        if any(x.service == service for x in (*lst.restricts, *lst.grants))
+    ]
+    people = [str(city / "residents.parquet"), str(city / "organisations.parquet")]
+    rows = ws.store.con.execute(
+        f"""
+        SELECT c.subject_id
+        FROM (SELECT subject_id, {pseudonym_sql(ws.key, "upper(subject_id)")} AS pseudonym
+              FROM read_parquet($files)) c
+        JOIN subjects s USING (pseudonym)
+        JOIN snapshot_listings l ON l.sid = s.sid AND l.snapshot_id = $snap
+        WHERE list_contains($ids, l.listing)
+        ORDER BY l.listing, c.pseudonym LIMIT 1
+        """,
+        {"files": people, "snap": snapshot_id, "ids": ids},
+    ).fetchall()
+    return str(rows[0][0]) if rows else None

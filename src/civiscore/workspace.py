@@ -1,0 +1,164 @@
+"""A civiscore home opened for work: store, key, engine and the operations the CLI offers.
+
+The CLI (and later the HTTP service) are thin layers over this; tests drive it directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from civiscore.decisions.check import Decision, check
+from civiscore.engine.duckdb_engine import DuckDBEngine
+from civiscore.home import create_key, load_key
+from civiscore.ids import pseudonym, subject_type
+from civiscore.ingest.run import IngestSummary, ingest_file
+from civiscore.rights.explain import Explanation, explain
+from civiscore.rulebook import registry
+from civiscore.rulebook.load import demo_rulebook_path
+from civiscore.rulebook.model import Rulebook
+from civiscore.store.base import Snapshot
+from civiscore.store.duckdb_store import DuckDBStore, first_row
+from civiscore.timeutil import now_local
+
+
+@dataclass(frozen=True)
+class InitResult:
+    home: Path
+    key_file: Path
+    key_created: bool
+    rulebook_version: str
+    rulebook_published: bool
+
+
+class Workspace:
+    def __init__(self, home: Path, store: DuckDBStore, key: bytes):
+        self.home = home
+        self.store = store
+        self.key = key
+        self.engine = DuckDBEngine(store)
+
+    @classmethod
+    def init(cls, home: Path, rulebook: Path | None = None) -> tuple[Workspace, InitResult]:
+        """Create the store and key if absent and publish the rulebook (default: the demo)."""
+        store = DuckDBStore.create(home)
+        key_file, created = create_key(home)
+        rb, published = registry.publish(store, rulebook or demo_rulebook_path(), now_local())
+        ws = cls(home, store, load_key(home))
+        return ws, InitResult(home, key_file, created, rb.version, published)
+
+    @classmethod
+    def open(cls, home: Path, *, read_only: bool = False) -> Workspace:
+        store = DuckDBStore.open(home, read_only=read_only)
+        return cls(home, store, load_key(home))
+
+    def close(self) -> None:
+        self.store.close()
+
+    # -- subjects ----------------------------------------------------------------------------
+
+    def sid_of(self, raw_id: str) -> int | None:
+        """The store's subject number for a raw ID (validated; raises InvalidSubjectId)."""
+        subject_type(raw_id)
+        return self.store.sid_for(pseudonym(self.key, raw_id))
+
+    # -- operations --------------------------------------------------------------------------
+
+    def ingest(
+        self,
+        department: str,
+        path: Path,
+        *,
+        received_at: dt.datetime | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        batch_rows: int | None = None,
+    ) -> IngestSummary:
+        received = received_at or now_local()
+        rb = registry.in_force(self.store, received)
+        return ingest_file(
+            self.store,
+            rb,
+            department,
+            path,
+            self.key,
+            home=self.home,
+            received_at=received,
+            progress=progress,
+            batch_rows=batch_rows,
+        )
+
+    def rulebook_at(self, at: dt.datetime) -> Rulebook:
+        return registry.in_force(self.store, at)
+
+    def score(self, at: dt.datetime, known_at: dt.datetime) -> Snapshot:
+        return self.engine.score(self.rulebook_at(at), at, known_at)
+
+    def check(
+        self, raw_id: str, service: str, at: dt.datetime, known_at: dt.datetime
+    ) -> Decision:
+        sid = self.sid_of(raw_id)
+        return check(self.engine, self.rulebook_at(at), sid, service, at, known_at)
+
+    def explain(self, raw_id: str, at: dt.datetime, known_at: dt.datetime) -> Explanation:
+        sid = self.sid_of(raw_id)
+        return explain(self.engine, self.rulebook_at(at), sid, at, known_at)
+
+    def stats(self, snapshot: Snapshot) -> dict[str, Any]:
+        """Aggregate counts of a snapshot: nothing about any one subject."""
+        con = self.store.con
+        sid_ = snapshot.snapshot_id
+        rb = self.rulebook_at(snapshot.at)
+        bands = dict(
+            con.execute(
+                "SELECT band, count(*) FROM snapshot_scores WHERE snapshot_id = ? GROUP BY band",
+                [sid_],
+            ).fetchall()
+        )
+        listings = dict(
+            con.execute(
+                "SELECT listing, count(DISTINCT sid) FROM snapshot_listings "
+                "WHERE snapshot_id = ? GROUP BY listing",
+                [sid_],
+            ).fetchall()
+        )
+        per_service: dict[str, int] = {}
+        for svc_name, svc in rb.services.items():
+            key = "restricts" if svc.kind == "restriction" else "grants"
+            ids = [
+                lst.id
+                for lst in rb.listings
+                if any(x.service == svc_name for x in getattr(lst, key))
+            ]
+            row = first_row(
+                con,
+                "SELECT count(DISTINCT sid) FROM snapshot_listings "
+                "WHERE snapshot_id = ? AND list_contains(?, listing)",
+                [sid_, ids],
+            )
+            per_service[svc_name] = int(row[0]) if row else 0
+        mean = first_row(
+            con,
+            "SELECT avg(score)::DOUBLE, count(*) FILTER (band_capped) FROM snapshot_scores "
+            "WHERE snapshot_id = ?",
+            [sid_],
+        )
+        return {
+            "snapshot_id": sid_,
+            "as_of": snapshot.at.isoformat(),
+            "known_at": snapshot.known_at.isoformat(),
+            "rulebook_version": snapshot.rulebook_version,
+            "subjects": snapshot.subjects,
+            "mean_score": round(float(mean[0]), 2) if mean and mean[0] is not None else None,
+            "band_capped_by_grave_sanction": int(mean[1]) if mean else 0,
+            "bands": {b.band: int(bands.get(b.band, 0)) for b in rb.bands},
+            "listings": {lst.id: int(listings.get(lst.id, 0)) for lst in rb.listings},
+            "restricted_per_service": {
+                s: n for s, n in per_service.items() if rb.services[s].kind == "restriction"
+            },
+            "benefits_per_service": {
+                s: n for s, n in per_service.items() if rb.services[s].kind == "benefit"
+            },
+        }
