@@ -178,9 +178,7 @@ def test_duration_add_to_keeps_the_time_zone() -> None:
 def _doc_lines() -> list[str]:
     """Headings and table rows of the rulebook docs: where a field is documented."""
     return [
-        line
-        for line in DOC.read_text(encoding="utf-8").splitlines()
-        if line.startswith(("#", "|"))
+        line for line in DOC.read_text(encoding="utf-8").splitlines() if line.startswith(("#", "|"))
     ]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -21,6 +21,7 @@ from rich.progress import (
     DownloadColumn,
     MofNCompleteColumn,
     Progress,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
@@ -57,7 +58,9 @@ HomeOpt = Annotated[
 ]
 AtOpt = Annotated[
     str | None,
-    typer.Option("--at", help="the moment asked about, ISO 8601; a date means its end (default: now)"),
+    typer.Option(
+        "--at", help="the moment asked about, ISO 8601; a date means its end (default: now)"
+    ),
 ]
 KnownOpt = Annotated[
     str | None,
@@ -156,7 +159,9 @@ def synth(
     bad_rows: Annotated[
         float, typer.Option(min=0.0, max=0.5, help="share of deliberately bad rows")
     ] = 0.01,
-    end: Annotated[str | None, typer.Option(help="last day of records (default 2026-10-31)")] = None,
+    end: Annotated[
+        str | None, typer.Option(help="last day of records (default 2026-10-31)")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Write a deterministic synthetic city: residents, organisations, department files."""
@@ -209,6 +214,13 @@ def _progress(quiet: bool, *, bytes_mode: bool = False) -> Iterator[Progress]:
         yield progress
 
 
+def _advance_bytes(progress: Progress, task: TaskID) -> Callable[[int, int], None]:
+    def update(done: int, total: int) -> None:
+        progress.update(task, completed=done, total=total)
+
+    return update
+
+
 @app.command()
 def ingest(
     department: Annotated[str, typer.Option(help="department that sent the files")],
@@ -225,9 +237,7 @@ def ingest(
                     ws.ingest(
                         department,
                         path,
-                        progress=lambda done, total: progress.update(
-                            task, completed=done, total=total
-                        ),
+                        progress=_advance_bytes(progress, task),
                     )
                 )
     if json_out:
@@ -356,7 +366,15 @@ def _print_explanation(x: Explanation) -> None:
     if x.contexts:
         out.print("by context: " + ", ".join(f"{c} {p:+}" for c, p in sorted(x.contexts.items())))
     table = Table(title="records that count")
-    for col in ("occurred", "department", "record", "rule", "points", "counts until", "legal basis"):
+    for col in (
+        "occurred",
+        "department",
+        "record",
+        "rule",
+        "points",
+        "counts until",
+        "legal basis",
+    ):
         table.add_column(col, justify="right" if col == "points" else "left")
     for line in x.lines:
         table.add_row(
@@ -457,8 +475,7 @@ def lint(
                 {
                     "ok": False,
                     "problems": [
-                        {"file": p.file, "path": p.path, "message": p.message}
-                        for p in exc.problems
+                        {"file": p.file, "path": p.path, "message": p.message} for p in exc.problems
                     ],
                 }
             )
@@ -478,7 +495,9 @@ def lint(
 
 @app.command()
 def demo(
-    residents: Annotated[int, typer.Option(min=1000, help="residents in the synthetic city")] = 20_000,
+    residents: Annotated[
+        int, typer.Option(min=1000, help="residents in the synthetic city")
+    ] = 20_000,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
     """synth → init → ingest → score → stats, one denied check and one explanation."""

@@ -1,4 +1,4 @@
-"""The demo: a synthetic city from department files to explained decisions, on the embedded store."""
+"""The demo: a synthetic city from department files to explained decisions, embedded store."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def run_demo(home: Path, *, residents: int, seed: int, console: Console, err: Co
         with cli._progress(False) as progress:
             task = progress.add_task("synthesising", total=residents + max(10, residents // 20))
             written = write_city(
-                city, residents=residents, seed=seed,
+                city,
+                residents=residents,
+                seed=seed,
                 progress=lambda n: progress.advance(task, n),
             )
         departments = written.departments
@@ -38,7 +40,9 @@ def run_demo(home: Path, *, residents: int, seed: int, console: Console, err: Co
 
     console.print(Rule("2. init: store, pseudonym key, demo rulebook"))
     ws, res = Workspace.init(home)
-    console.print(f"store {home / 'store.duckdb'} · key {res.key_file} · rulebook {res.rulebook_version}")
+    console.print(
+        f"store {home / 'store.duckdb'} · key {res.key_file} · rulebook {res.rulebook_version}"
+    )
     try:
         console.print(Rule("3. ingest each department's file"))
         summaries = []
@@ -47,8 +51,9 @@ def run_demo(home: Path, *, residents: int, seed: int, console: Console, err: Co
                 task = progress.add_task(f"{dep}: {path.name}", total=None)
                 summaries.append(
                     ws.ingest(
-                        dep, path,
-                        progress=lambda d, t: progress.update(task, completed=d, total=t),
+                        dep,
+                        path,
+                        progress=cli._advance_bytes(progress, task),
                     )
                 )
         cli._print_ingest(summaries)
@@ -90,7 +95,7 @@ def _pick(ws: Workspace, city: Path, snapshot_id: int, service: str) -> str | No
     ids = [
         lst.id
         for lst in rb.listings
-        if any(x.service == service for x in (*lst.restricts, *lst.grants))
+        if service in {x.service for x in lst.restricts} | {x.service for x in lst.grants}
     ]
     people = [str(city / "residents.parquet"), str(city / "organisations.parquet")]
     rows = ws.store.con.execute(

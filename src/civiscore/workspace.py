@@ -96,9 +96,7 @@ class Workspace:
     def score(self, at: dt.datetime, known_at: dt.datetime) -> Snapshot:
         return self.engine.score(self.rulebook_at(at), at, known_at)
 
-    def check(
-        self, raw_id: str, service: str, at: dt.datetime, known_at: dt.datetime
-    ) -> Decision:
+    def check(self, raw_id: str, service: str, at: dt.datetime, known_at: dt.datetime) -> Decision:
         sid = self.sid_of(raw_id)
         return check(self.engine, self.rulebook_at(at), sid, service, at, known_at)
 

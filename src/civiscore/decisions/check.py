@@ -61,8 +61,7 @@ def decide(
     svc = rb.services.get(service)
     if svc is None:
         raise UnknownService(
-            f"unknown service {service!r}; the rulebook in force offers: "
-            + ", ".join(rb.services)
+            f"unknown service {service!r}; the rulebook in force offers: " + ", ".join(rb.services)
         )
     appeal = appeal_text(rb, at)
     reasons: list[Reason] = []

@@ -60,7 +60,7 @@ class DuckDBEngine:
                 """INSERT INTO snapshot_listings
                 SELECT $id, sid, listing, list, since, until, record_id, department, reference
                 FROM (SELECT * FROM decision_listings WHERE list = 'blacklist'
-                      UNION ALL SELECT * FROM conduct_listings
+                      UNION ALL SELECT * FROM conduct_listings WHERE list = 'blacklist'
                       UNION ALL SELECT * FROM benefits)""",
                 {"id": sid_},
             )

@@ -45,9 +45,7 @@ def interval(d: Duration) -> str:
     return f"to_months({d.months}) + to_days({d.days})"
 
 
-def _periods(
-    rule: Rule, value: DatedNumber
-) -> list[tuple[dt.date, dt.date | None, float]]:
+def _periods(rule: Rule, value: DatedNumber) -> list[tuple[dt.date, dt.date | None, float]]:
     """Split a rule into (from, until, value) periods from its dated values and effective dates."""
     end = rule.effective_until
     if not isinstance(value, dict):
@@ -84,7 +82,9 @@ def rules_values_sql(rb: Rulebook) -> str:
                 f"{_num(rule.cap.max_points if rule.cap else None)}, {_ts(start)}, {_ts(until)})"
             )
     if not rows:
-        rows.append("(NULL, NULL, NULL, 0, NULL, NULL, false, 0, NULL, NULL, NULL, NULL, NULL, NULL)")
+        rows.append(
+            "(NULL, NULL, NULL, 0, NULL, NULL, false, 0, NULL, NULL, NULL, NULL, NULL, NULL)"
+        )
     return (
         "(SELECT * FROM (VALUES " + ",\n".join(rows) + ") AS rv(rule_id, kind, context, sign, "
         "q_lo, q_hi, per_unit, value, max_per_record, valid_m, valid_d, cap, v_from, v_until) "
@@ -207,9 +207,7 @@ def _decision_listings_sql(rb: Rulebook, T: str) -> str:
         if listing.trigger.decision is None:
             continue
         assert listing.duration is not None or listing.list == "redlist"
-        end = (
-            f"d.occurred_at + {interval(listing.duration)}" if listing.duration else "NULL"
-        )
+        end = f"d.occurred_at + {interval(listing.duration)}" if listing.duration else "NULL"
         settled = "NULL"
         if listing.ended_by is not None:
             settled = (
@@ -292,9 +290,11 @@ def _benefits_sql(rb: Rulebook) -> str:
                    NULL::VARCHAR AS department, NULL::VARCHAR AS reference
             FROM scores WHERE band IN ({bands}) AND NOT grave_active"""
         )
-    # Decision-triggered redlists also grant benefits, but never while a grave sanction runs.
-    parts.append(
-        """SELECT d.* FROM decision_listings d JOIN scores s USING (sid)
-        WHERE d.list = 'redlist' AND NOT s.grave_active"""
-    )
+    # Decision- and conduct-triggered redlists also grant benefits, but never while a grave
+    # sanction runs.
+    for stage in ("decision_listings", "conduct_listings"):
+        parts.append(
+            f"""SELECT d.* FROM {stage} d JOIN scores s USING (sid)
+            WHERE d.list = 'redlist' AND NOT s.grave_active"""
+        )
     return "\nUNION ALL\n".join(parts)

@@ -6,6 +6,7 @@ is the score the snapshot holds, to the cent.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 from decimal import Decimal
 from typing import Annotated, Any
@@ -60,8 +61,8 @@ class ActiveListing(BaseModel):
     record_id: str | None
     department: str | None
     reference: str | None
-    restricts: list[ServiceRef]
-    grants: list[ServiceRef]
+    restricts: builtins.list[ServiceRef]
+    grants: builtins.list[ServiceRef]
 
 
 class Explanation(BaseModel):
@@ -86,14 +87,12 @@ def _rows(cur: duckdb.DuckDBPyConnection, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=True)) for row in result.fetchall()]
 
 
-def active_listings(
-    rb: Rulebook, cur: duckdb.DuckDBPyConnection, sid: int
-) -> list[ActiveListing]:
+def active_listings(rb: Rulebook, cur: duckdb.DuckDBPyConnection, sid: int) -> list[ActiveListing]:
     """Active listings of one subject from an evaluated plan, most severe first."""
     rows = _rows(
         cur,
         f"""SELECT * FROM (SELECT * FROM decision_listings WHERE list = 'blacklist'
-                           UNION ALL SELECT * FROM conduct_listings
+                           UNION ALL SELECT * FROM conduct_listings WHERE list = 'blacklist'
                            UNION ALL SELECT * FROM benefits)
             WHERE sid = {int(sid)} ORDER BY list, NOT grave, since, listing""",
     )
@@ -113,7 +112,9 @@ def _listing(listing: Listing, row: dict[str, Any]) -> ActiveListing:
         record_id=row["record_id"],
         department=row["department"],
         reference=row["reference"],
-        restricts=[ServiceRef(service=r.service, legal_basis=r.legal_basis) for r in listing.restricts],
+        restricts=[
+            ServiceRef(service=r.service, legal_basis=r.legal_basis) for r in listing.restricts
+        ],
         grants=[ServiceRef(service=g.service, legal_basis=g.legal_basis) for g in listing.grants],
     )
 
@@ -263,7 +264,5 @@ def _listing_roles(rb: Rulebook) -> dict[str, str]:
                 f"a remedy record: it ends listing {listing.id} for the same reference",
             )
         if listing.trigger.conduct:
-            roles.setdefault(
-                listing.trigger.conduct.kind, f"counts towards listing {listing.id}"
-            )
+            roles.setdefault(listing.trigger.conduct.kind, f"counts towards listing {listing.id}")
     return roles

@@ -6,6 +6,7 @@ on purpose: a new context is a code change that can be reviewed, not a line in a
 
 from __future__ import annotations
 
+import itertools
 import re
 
 CONTEXTS: dict[str, str] = {
@@ -29,9 +30,22 @@ PROTECTED: dict[str, tuple[frozenset[str], str]] = {
     "political expression": (
         frozenset(
             {
-                "political", "politics", "speech", "expression", "opinion", "petition",
-                "petitioning", "protest", "dissent", "posting", "posts", "social_media", "online",
-                "censorship", "vote", "voting",
+                "political",
+                "politics",
+                "speech",
+                "expression",
+                "opinion",
+                "petition",
+                "petitioning",
+                "protest",
+                "dissent",
+                "posting",
+                "posts",
+                "social_media",
+                "online",
+                "censorship",
+                "vote",
+                "voting",
             }
         ),
         "what people say or believe politically is protected, never scored",
@@ -47,8 +61,16 @@ PROTECTED: dict[str, tuple[frozenset[str], str]] = {
     "health status": (
         frozenset(
             {
-                "health", "medical", "disease", "illness", "diagnosis", "hiv", "disability",
-                "pregnancy", "mental", "psychiatric",
+                "health",
+                "medical",
+                "disease",
+                "illness",
+                "diagnosis",
+                "hiv",
+                "disability",
+                "pregnancy",
+                "mental",
+                "psychiatric",
             }
         ),
         "health data is protected, never scored",
@@ -64,8 +86,18 @@ PROTECTED: dict[str, tuple[frozenset[str], str]] = {
     "lawful consumption and leisure": (
         frozenset(
             {
-                "gaming", "game", "games", "videogame", "leisure", "purchase", "purchases",
-                "shopping", "consumption", "spending", "alcohol_purchase", "entertainment",
+                "gaming",
+                "game",
+                "games",
+                "videogame",
+                "leisure",
+                "purchase",
+                "purchases",
+                "shopping",
+                "consumption",
+                "spending",
+                "alcohol_purchase",
+                "entertainment",
             }
         ),
         "lawful private conduct such as gaming time or lawful purchases is nobody's business",
@@ -73,9 +105,21 @@ PROTECTED: dict[str, tuple[frozenset[str], str]] = {
     "biometric identification or location tracking": (
         frozenset(
             {
-                "biometric", "biometrics", "face", "facial", "fingerprint", "gait", "iris",
-                "voiceprint", "location", "gps", "geolocation", "tracking", "surveillance",
-                "cctv", "camera",
+                "biometric",
+                "biometrics",
+                "face",
+                "facial",
+                "fingerprint",
+                "gait",
+                "iris",
+                "voiceprint",
+                "location",
+                "gps",
+                "geolocation",
+                "tracking",
+                "surveillance",
+                "cctv",
+                "camera",
             }
         ),
         "civiscore does no biometric identification and no location tracking",
@@ -83,6 +127,14 @@ PROTECTED: dict[str, tuple[frozenset[str], str]] = {
 }
 
 _SPLIT = re.compile(r"[._\-\s]+")
+
+
+def _singular(word: str) -> str:
+    if word.endswith("ches") or word.endswith("shes") or word.endswith("sses"):
+        return word[:-2]
+    if word.endswith("s") and not word.endswith("ss") and len(word) > 3:
+        return word[:-1]
+    return word
 
 
 def protected_category(name: str) -> tuple[str, str] | None:
@@ -97,7 +149,9 @@ def protected_category(name: str) -> tuple[str, str] | None:
     parts = set(_SPLIT.split(lowered))
     # Also consider adjacent pairs so two-word markers such as "social_media" are caught.
     tokens = lowered.replace(".", "_").replace("-", "_").split("_")
-    parts |= {f"{a}_{b}" for a, b in zip(tokens, tokens[1:], strict=False)}
+    parts |= {f"{a}_{b}" for a, b in itertools.pairwise(tokens)}
+    # Plurals ("protests", "churches", "unions") reveal the same category as the singular.
+    parts |= {_singular(p) for p in parts}
     for category, (words, why) in PROTECTED.items():
         if parts & words:
             return category, why

@@ -92,8 +92,13 @@ def loads(text: str, source: str = "<rulebook>") -> Rulebook:
         ) from exc
     if not isinstance(data, dict):
         raise RulebookError(
-            [RulebookProblem(source, "(top)", "a rulebook is a YAML mapping with keys "
-                             + ", ".join(Rulebook.model_fields))]
+            [
+                RulebookProblem(
+                    source,
+                    "(top)",
+                    "a rulebook is a YAML mapping with keys " + ", ".join(Rulebook.model_fields),
+                )
+            ]
         )
     try:
         rb = Rulebook.model_validate(data)
@@ -163,7 +168,9 @@ def _element(tp: Any) -> Any:
 def _describe(err: Any, data: Any) -> tuple[str, str]:
     loc = tuple(err["loc"])
     # pydantic appends the union branch or validator name to some locations; drop those.
-    loc = tuple(p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function"))))
+    loc = tuple(
+        p for p in loc if not (isinstance(p, str) and ("[" in p or p.startswith("function")))
+    )
     kind = err["type"]
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])

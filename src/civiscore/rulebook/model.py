@@ -7,11 +7,14 @@ safeguards that need the whole rulebook at once live in :mod:`civiscore.rulebook
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from civiscore.ids import SubjectType
 
 _DURATION = re.compile(r"^P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)W)?(?:(\d+)D)?$")
 
@@ -149,15 +152,17 @@ class Quantity(Strict):
     required: bool = False
 
 
+def _both_subject_types() -> list[SubjectType]:
+    return ["person", "organisation"]
+
+
 class RecordKind(Strict):
     context: str
     description: str
     decision: bool = False
     reference: Literal["required", "optional", "none"] = "optional"
     quantity: Quantity | None = None
-    subjects: list[Literal["person", "organisation"]] = Field(
-        default_factory=lambda: ["person", "organisation"]
-    )
+    subjects: list[SubjectType] = Field(default_factory=_both_subject_types)
 
 
 class Department(Strict):
@@ -228,8 +233,8 @@ class Listing(Strict):
     duration: DurationField | None = None
     ended_by: EndedBy | None = None
     grave: bool = False
-    restricts: list[Restriction] = Field(default_factory=list)
-    grants: list[Grant] = Field(default_factory=list)
+    restricts: builtins.list[Restriction] = Field(default_factory=builtins.list)
+    grants: builtins.list[Grant] = Field(default_factory=builtins.list)
     legal_basis: LegalBasis
     remedy: str | None = None
     illustrative: bool = False

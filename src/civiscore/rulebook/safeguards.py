@@ -294,6 +294,16 @@ def _check_listings(rb: Rulebook) -> Iterator[Problem]:
                     "only a decision-triggered listing can be ended by a record matching its "
                     "reference; remove ended_by",
                 )
+            else:
+                # The remedy is matched to the decision by reference, so both must carry one.
+                for kind_name in (trig.decision, listing.ended_by.kind):
+                    found = rb.kind(kind_name)
+                    if found is not None and found[1].reference != "required":
+                        yield (
+                            f"{path}.ended_by",
+                            f"{kind_name!r} must declare reference: required, because the "
+                            "remedy record is matched to the decision by its reference",
+                        )
         if listing.list == "blacklist":
             yield from _check_blacklist(rb, listing, path)
         else:
@@ -316,7 +326,9 @@ def _unknown_service(rb: Rulebook, name: str) -> str:
     return f"service {name!r} is not declared under 'services' (declared: {', '.join(rb.services)})"
 
 
-def _check_trigger(rb: Rulebook, listing: Listing, path: str, bands: list[str]) -> Iterator[Problem]:
+def _check_trigger(
+    rb: Rulebook, listing: Listing, path: str, bands: list[str]
+) -> Iterator[Problem]:
     trig = listing.trigger
     if trig.band is not None:
         for band in trig.band:
@@ -329,6 +341,13 @@ def _check_trigger(rb: Rulebook, listing: Listing, path: str, bands: list[str]) 
                 "that grants benefits. Trigger restrictions with a decision or with conduct in "
                 "the restricted service's own context",
             )
+    if trig.conduct is not None and listing.duration is None and listing.list == "redlist":
+        # Blacklists get the same demand in _check_blacklist; the engine needs it for both.
+        yield (
+            f"{path}.duration",
+            "a conduct trigger lists a subject for a fixed time after the conduct: give the "
+            "listing a duration such as P1Y",
+        )
     kind_name = trig.decision or (trig.conduct.kind if trig.conduct else None)
     if kind_name is not None and rb.kind(kind_name) is None:
         field = "decision" if trig.decision else "conduct.kind"

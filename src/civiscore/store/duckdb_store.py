@@ -100,7 +100,8 @@ def first_row(
     con: duckdb.DuckDBPyConnection, sql: str, params: object = None
 ) -> tuple[Any, ...] | None:
     """The first row of a query, fetching to the end (DuckDB 2 refuses unfinished results)."""
-    rows = con.execute(sql, params).fetchall() if params is not None else con.execute(sql).fetchall()
+    result = con.execute(sql, params) if params is not None else con.execute(sql)
+    rows = result.fetchall()
     return rows[0] if rows else None
 
 

@@ -1,0 +1,239 @@
+"""Invariants users rely on, checked over generated record histories (hypothesis)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from civiscore.workspace import Workspace
+from tests.utils import ingest_rows, org_id, resident_id
+
+KINDS: dict[str, list[tuple[str, str]]] = {
+    "transport": [
+        ("transport.speeding", "q"),
+        ("transport.drunk_driving", ""),
+        ("transport.fare_evasion", ""),
+    ],
+    "courts": [("court.judgment_default", "r"), ("court.judgment_settled", "r")],
+    "civil_affairs": [("civic.volunteer_hours", "q"), ("civic.heroic_act", "")],
+    "blood_service": [("civic.blood_donation", "")],
+    "tax": [("tax.late_filing", ""), ("tax.evasion_decision", "r")],
+}
+START = dt.datetime(2022, 1, 1)
+SPAN_DAYS = 4 * 365
+
+PROFILE = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """Records for three residents over four years, with retractions and settlements."""
+    n = draw(st.integers(min_value=0, max_value=25))
+    rows: list[dict[str, Any]] = []
+    for i in range(n):
+        dep = draw(st.sampled_from(sorted(KINDS)))
+        kind, extra = draw(st.sampled_from(KINDS[dep]))
+        when = START + dt.timedelta(
+            days=draw(st.integers(0, SPAN_DAYS)), hours=draw(st.integers(0, 23))
+        )
+        row: dict[str, Any] = {
+            "department": dep,
+            "record_id": f"R{i}",
+            "subject_id": resident_id(draw(st.integers(1, 3))),
+            "kind": kind,
+            "occurred_at": when.isoformat(),
+        }
+        if "q" in extra:
+            row["quantity"] = draw(st.integers(0, 80))
+        if "r" in extra:
+            row["reference"] = f"J{draw(st.integers(1, 3))}"
+        rows.append(row)
+    # Retract some earlier records of the same department and subject.
+    for j, target in enumerate(draw(st.lists(st.sampled_from(rows), max_size=3)) if rows else []):
+        later = dt.datetime.fromisoformat(target["occurred_at"]) + dt.timedelta(days=10)
+        rows.append(
+            {
+                **target,
+                "record_id": f"X{j}",
+                "retracts": target["record_id"],
+                "occurred_at": later.isoformat(),
+            }
+        )
+    return rows
+
+
+def _load(ws: Workspace, rows: list[dict[str, Any]], received: dt.datetime) -> None:
+    by_dep: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_dep.setdefault(r["department"], []).append(
+            {k: v for k, v in r.items() if k != "department"}
+        )
+    for dep, dep_rows in by_dep.items():
+        s = ingest_rows(ws, dep, dep_rows, received_at=received)
+        assert s.rejected == 0, s.as_dict()
+
+
+def _fresh(tmp_path_factory: Any) -> Workspace:
+    ws, _ = Workspace.init(Path(tmp_path_factory.mktemp("home")))
+    return ws
+
+
+moments = st.integers(0, SPAN_DAYS + 800).map(lambda d: START + dt.timedelta(days=d, hours=12))
+RECEIVED = dt.datetime(2030, 1, 1)
+
+
+@PROFILE
+@given(rows=histories(), at=moments)
+def test_score_is_base_plus_explanation_lines_and_matches_snapshot(
+    tmp_path_factory: Any, rows: list[dict[str, Any]], at: dt.datetime
+) -> None:
+    ws = _fresh(tmp_path_factory)
+    try:
+        _load(ws, rows, RECEIVED)
+        snap = ws.score(at, RECEIVED)
+        snapshot_scores = dict(
+            ws.store.con.execute(
+                "SELECT sid, score FROM snapshot_scores WHERE snapshot_id = ?", [snap.snapshot_id]
+            ).fetchall()
+        )
+        for n in (1, 2, 3):
+            raw = resident_id(n)
+            x = ws.explain(raw, at, RECEIVED)
+            assert x.score == x.base + sum((line.points for line in x.lines), Decimal(0))
+            assert x.contexts == _by_context(x)
+            sid = ws.sid_of(raw)
+            if sid is not None and sid in snapshot_scores:
+                assert snapshot_scores[sid] == x.score
+            # A record either counts (a line) or is explained as not counting, never both.
+            counted = {line.record_id for line in x.lines}
+            assert counted.isdisjoint({nc.record_id for nc in x.not_counted})
+            # Every counted line is within its validity window at T.
+            assert all(line.counts_until is None or line.counts_until > at for line in x.lines)
+    finally:
+        ws.close()
+
+
+def _by_context(x: Any) -> dict[str, Decimal]:
+    out: dict[str, Decimal] = {}
+    for line in x.lines:
+        out[line.context] = out.get(line.context, Decimal(0)) + line.points
+    return out
+
+
+@PROFILE
+@given(rows=histories(), repeats=st.integers(2, 3))
+def test_reingest_is_idempotent(
+    tmp_path_factory: Any, rows: list[dict[str, Any]], repeats: int
+) -> None:
+    ws = _fresh(tmp_path_factory)
+    try:
+        for _ in range(repeats):
+            _load(ws, rows, RECEIVED)
+        stored = ws.store.con.execute("SELECT count(*) FROM records").fetchall()[0][0]
+        distinct = ws.store.con.execute(
+            "SELECT count(DISTINCT (department, record_id)) FROM records"
+        ).fetchall()[0][0]
+        assert stored == distinct == len(rows)
+    finally:
+        ws.close()
+
+
+@PROFILE
+@given(rows=histories(), at=moments, cut=st.integers(0, 25))
+def test_as_of_known_at_is_reproducible_after_later_records(
+    tmp_path_factory: Any, rows: list[dict[str, Any]], at: dt.datetime, cut: int
+) -> None:
+    """What was known at K never changes when records arrive after K."""
+    ws = _fresh(tmp_path_factory)
+    try:
+        first, later = rows[:cut], rows[cut:]
+        k1, k2 = dt.datetime(2029, 1, 1), dt.datetime(2029, 6, 1)
+        _load(ws, first, k1)
+        before = [ws.explain(resident_id(n), at, k1).model_dump() for n in (1, 2, 3)]
+        _load(ws, later, k2)
+        after = [ws.explain(resident_id(n), at, k1).model_dump() for n in (1, 2, 3)]
+        assert before == after
+    finally:
+        ws.close()
+
+
+@PROFILE
+@given(days=st.integers(-3, 3), seconds=st.sampled_from([-1, 0, 1]))
+def test_expiry_boundary_is_exact(tmp_path_factory: Any, days: int, seconds: int) -> None:
+    """A record counts while T < occurred_at + valid_for, and not from that instant on."""
+    ws = _fresh(tmp_path_factory)
+    try:
+        occurred = dt.datetime(2024, 2, 29, 8, 30)
+        ingest_rows(
+            ws,
+            "transport",
+            [
+                {
+                    "record_id": "D1",
+                    "subject_id": resident_id(7),
+                    "kind": "transport.drunk_driving",
+                    "occurred_at": occurred.isoformat(),
+                }
+            ],
+            received_at=RECEIVED,
+        )
+        until = dt.datetime(2027, 2, 28, 8, 30)  # P3Y from 29 February clamps to 28 February
+        at = until + dt.timedelta(days=days, seconds=seconds)
+        x = ws.explain(resident_id(7), at, RECEIVED)
+        assert (x.score == Decimal(950)) == (at < until)
+        assert (x.score == Decimal(1000)) == (at >= until)
+    finally:
+        ws.close()
+
+
+@PROFILE
+@given(n_merits=st.integers(0, 40), hours=st.integers(1, 40))
+def test_merits_never_lift_a_grave_sanction(
+    tmp_path_factory: Any, n_merits: int, hours: int
+) -> None:
+    ws = _fresh(tmp_path_factory)
+    try:
+        raw = org_id(3) if False else resident_id(11)
+        merits = [
+            {
+                "record_id": f"V{i}",
+                "subject_id": raw,
+                "kind": "civic.volunteer_hours",
+                "occurred_at": (dt.datetime(2024, 1, 1) + dt.timedelta(days=9 * i)).isoformat(),
+                "quantity": hours,
+            }
+            for i in range(n_merits)
+        ]
+        if merits:
+            ingest_rows(ws, "civil_affairs", merits, received_at=RECEIVED)
+        ingest_rows(
+            ws,
+            "courts",
+            [
+                {
+                    "record_id": "C1",
+                    "subject_id": raw,
+                    "kind": "court.judgment_default",
+                    "occurred_at": "2024-06-01",
+                    "reference": "J",
+                }
+            ],
+            received_at=RECEIVED,
+        )
+        at = dt.datetime(2025, 1, 1)
+        x = ws.explain(raw, at, RECEIVED)
+        assert not x.band.startswith("A")
+        assert x.benefits == []
+        assert not ws.check(raw, "high_speed_rail", at, RECEIVED).allowed
+        assert not ws.check(raw, "deposit_free_rental", at, RECEIVED).allowed
+    finally:
+        ws.close()
