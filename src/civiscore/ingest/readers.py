@@ -201,9 +201,7 @@ def _rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]
 
 _JSON_SQL = (
     "SELECT "
-    + ", ".join(
-        f"CASE WHEN ok THEN json_extract_string(j, '$.{f}') END AS {f}" for f in FIELDS
-    )
+    + ", ".join(f"CASE WHEN ok THEN json_extract_string(j, '$.{f}') END AS {f}" for f in FIELDS)
     + ", CASE WHEN NOT ok THEN 'the line is not a JSON object' END AS malformed "
     "FROM (SELECT coalesce(json_type(j) = 'OBJECT', false) AS ok, j "
     "FROM (SELECT CASE WHEN json_valid(text) THEN text END AS j FROM lines_batch))"
@@ -219,7 +217,9 @@ def _jsonl_batches(
     parse_opts = pacsv.ParseOptions(
         delimiter="\x1f", quote_char=False, escape_char=False, ignore_empty_lines=False
     )
-    convert_opts = pacsv.ConvertOptions(column_types={"text": pa.string()}, strings_can_be_null=False)
+    convert_opts = pacsv.ConvertOptions(
+        column_types={"text": pa.string()}, strings_can_be_null=False
+    )
     con = duckdb.connect()
     seen = 0
     with info.path.open("rb") as fh:
@@ -234,9 +234,7 @@ def _jsonl_batches(
             parsed = con.sql(_JSON_SQL).to_arrow_table()
             con.unregister("lines_batch")
             line_col = chunk.column("line").combine_chunks()
-            table = _standardise(
-                {f: parsed.column(f) for f in FIELDS}, chunk.num_rows, 0, line_col
-            )
+            table = _standardise({f: parsed.column(f) for f in FIELDS}, chunk.num_rows, 0, line_col)
             table = table.set_column(0, "row", line_col).set_column(
                 2, "malformed", parsed.column("malformed")
             )
@@ -261,4 +259,3 @@ def _parquet_batches(
         done += n
         if progress:
             progress(int(info.size * done / total))
-

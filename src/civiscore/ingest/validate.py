@@ -80,45 +80,93 @@ def validate(
     dep_q = _q(department)
     checks: list[tuple[str, str, str]] = [
         ("malformed IS NOT NULL", "'line'", "malformed"),
-        ("record_id IS NULL", "'record_id'",
-         "'record_id is missing: give each record the department''s unique id for it'"),
-        ("subject_id IS NULL", "'subject_id'",
-         "'subject_id is missing: give the resident ID or unified social credit code'"),
-        ("length(subject_id) <> 18", "'subject_id'",
-         "'subject_id has ' || length(subject_id) || ' characters; resident IDs (GB 11643) and "
-         "unified social credit codes (GB 32100) have 18'"),
-        ("subject_type IS NULL", "'subject_id'",
-         "'subject_id fails the check digit of both a resident ID (GB 11643) and a unified "
-         "social credit code (GB 32100); check it was copied correctly'"),
-        ("kind IS NULL", "'kind'", "'kind is missing: name the record kind, e.g. one of: "
-         + known.replace("'", "''") + "'"),
-        ("cat_kind IS NULL", "'kind'",
-         f"'unknown kind ''' || kind || ''' for department ' || {dep_q} || '; known kinds: "
-         + known.replace("'", "''") + "'"),
-        ("subject_type = 'person' AND NOT allows_person", "'subject_id'",
-         "'kind ''' || kind || ''' applies to organisations only, but subject_id is a "
-         "resident ID'"),
-        ("subject_type = 'organisation' AND NOT allows_org", "'subject_id'",
-         "'kind ''' || kind || ''' applies to residents only, but subject_id is a unified "
-         "social credit code'"),
-        ("occ IS NULL", "'occurred_at'",
-         "'occurred_at is missing: give the date (2024-03-05) or date-time of the fact'"),
-        ("ts IS NULL", "'occurred_at'",
-         "'occurred_at ''' || occ || ''' is not an ISO 8601 date or date-time; write "
-         "2024-03-05 or 2024-03-05T14:22:00 (Asia/Shanghai unless an offset is given)'"),
-        (f"ts > {sql_timestamp(received_at)}", "'occurred_at'",
-         "'occurred_at ' || strftime(ts, '%Y-%m-%dT%H:%M:%S') || ' is in the future; records "
-         "state facts that have happened'"),
-        ("qty IS NOT NULL AND qnum IS NULL", "'quantity'",
-         "'quantity ''' || qty || ''' is not a number'"),
-        ("qnum IS NOT NULL AND (isnan(qnum) OR isinf(qnum))", "'quantity'",
-         "'quantity must be a finite number'"),
+        (
+            "record_id IS NULL",
+            "'record_id'",
+            "'record_id is missing: give each record the department''s unique id for it'",
+        ),
+        (
+            "subject_id IS NULL",
+            "'subject_id'",
+            "'subject_id is missing: give the resident ID or unified social credit code'",
+        ),
+        (
+            "length(subject_id) <> 18",
+            "'subject_id'",
+            "'subject_id has ' || length(subject_id) || ' characters; resident IDs (GB 11643) and "
+            "unified social credit codes (GB 32100) have 18'",
+        ),
+        (
+            "subject_type IS NULL",
+            "'subject_id'",
+            "'subject_id fails the check digit of both a resident ID (GB 11643) and a unified "
+            "social credit code (GB 32100); check it was copied correctly'",
+        ),
+        (
+            "kind IS NULL",
+            "'kind'",
+            "'kind is missing: name the record kind, e.g. one of: "
+            + known.replace("'", "''")
+            + "'",
+        ),
+        (
+            "cat_kind IS NULL",
+            "'kind'",
+            f"'unknown kind ''' || kind || ''' for department ' || {dep_q} || '; known kinds: "
+            + known.replace("'", "''")
+            + "'",
+        ),
+        (
+            "subject_type = 'person' AND NOT allows_person",
+            "'subject_id'",
+            "'kind ''' || kind || ''' applies to organisations only, but subject_id is a "
+            "resident ID'",
+        ),
+        (
+            "subject_type = 'organisation' AND NOT allows_org",
+            "'subject_id'",
+            "'kind ''' || kind || ''' applies to residents only, but subject_id is a unified "
+            "social credit code'",
+        ),
+        (
+            "occ IS NULL",
+            "'occurred_at'",
+            "'occurred_at is missing: give the date (2024-03-05) or date-time of the fact'",
+        ),
+        (
+            "ts IS NULL",
+            "'occurred_at'",
+            "'occurred_at ''' || occ || ''' is not an ISO 8601 date or date-time; write "
+            "2024-03-05 or 2024-03-05T14:22:00 (Asia/Shanghai unless an offset is given)'",
+        ),
+        (
+            f"ts > {sql_timestamp(received_at)}",
+            "'occurred_at'",
+            "'occurred_at ' || strftime(ts, '%Y-%m-%dT%H:%M:%S') || ' is in the future; records "
+            "state facts that have happened'",
+        ),
+        (
+            "qty IS NOT NULL AND qnum IS NULL",
+            "'quantity'",
+            "'quantity ''' || qty || ''' is not a number'",
+        ),
+        (
+            "qnum IS NOT NULL AND (isnan(qnum) OR isinf(qnum))",
+            "'quantity'",
+            "'quantity must be a finite number'",
+        ),
         ("qnum < 0", "'quantity'", "'quantity must be zero or more'"),
-        ("qty_required AND qnum IS NULL", "'quantity'",
-         "'kind ''' || kind || ''' needs a quantity (' || qty_unit || ')'"),
-        ("ref_required AND reference IS NULL", "'reference'",
-         "'kind ''' || kind || ''' needs a reference: the number of the judgment or "
-         "decision it rests on'"),
+        (
+            "qty_required AND qnum IS NULL",
+            "'quantity'",
+            "'kind ''' || kind || ''' needs a quantity (' || qty_unit || ')'",
+        ),
+        (
+            "ref_required AND reference IS NULL",
+            "'reference'",
+            "'kind ''' || kind || ''' needs a reference: the number of the judgment or "
+            "decision it rests on'",
+        ),
         ("retracts = record_id", "'retracts'", "'a record cannot retract itself'"),
     ]
     field_case = "CASE " + " ".join(f"WHEN {c} THEN {f}" for c, f, _ in checks) + " END"
