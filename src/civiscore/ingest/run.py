@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from civiscore.ingest.readers import FileError, open_file, read_batches
+from civiscore.ingest.readers import BATCH_ROWS, FileError, open_file, read_batches
 from civiscore.ingest.validate import REJECT_SCHEMA, validate
 from civiscore.rulebook.model import Rulebook
 from civiscore.store.duckdb_store import DuckDBStore
@@ -69,7 +69,11 @@ def ingest_file(
     batch_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestSummary:
-    """Ingest ``path`` for ``department``; ``progress(done, total)`` is in bytes."""
+    """Ingest ``path`` for ``department``; ``progress(done, total)`` is in bytes.
+
+    Rows are stored in transactions of ``batch_rows`` (default ``$CIVISCORE_BATCH_ROWS`` or
+    500,000): memory stays bounded and a crash loses at most the batch in flight.
+    """
     dep = rulebook.departments.get(department)
     if dep is None:
         raise FileError(
@@ -85,14 +89,14 @@ def ingest_file(
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     vcon = duckdb.connect()
-    kwargs = {"batch_rows": batch_rows} if batch_rows else {}
+    rows_per_batch = batch_rows or int(os.environ.get("CIVISCORE_BATCH_ROWS", BATCH_ROWS))
 
     def report(done: int) -> None:
         if progress:
             progress(done, info.size)
 
     with pacsv.CSVWriter(str(partial), REJECT_SCHEMA) as writer:
-        for raw in read_batches(info, progress=report, **kwargs):
+        for raw in read_batches(info, rows_per_batch, progress=report):
             summary.rows += raw.num_rows
             good, rejects = validate(vcon, raw, department, dep, key, received)
             result = store.write_batch(department, good, received, run)

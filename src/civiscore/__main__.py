@@ -1,0 +1,3 @@
+from civiscore.cli import app
+
+app(prog_name="civiscore")

@@ -1,0 +1,271 @@
+"""Ingestion: formats, row-level rejects with file/row/field, idempotency, crash recovery."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from civiscore.ingest.readers import FileError
+from civiscore.workspace import Workspace
+from tests.utils import org_id, resident_id, write_csv
+
+RECEIVED = dt.datetime(2026, 1, 1)
+
+
+def _good(n: int, **over: object) -> dict[str, object]:
+    row: dict[str, object] = {
+        "record_id": f"R{n}",
+        "subject_id": resident_id(n),
+        "kind": "transport.speeding",
+        "occurred_at": "2025-05-01T08:00:00",
+        "quantity": 12,
+    }
+    row.update(over)
+    return row
+
+
+def _rejects(path: str | None) -> list[dict[str, str]]:
+    assert path is not None
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_csv_rejects_name_row_line_field_and_reason(ws: Workspace, tmp_path: Path) -> None:
+    rows = [
+        _good(1),
+        _good(2, subject_id=resident_id(2)[:-1] + ("0" if resident_id(2)[-1] != "0" else "1")),
+        _good(3, kind="transport.teleportation"),
+        _good(4, record_id=""),
+        _good(5, occurred_at="2023-13-45"),
+        _good(6, quantity="fast"),
+        _good(7, quantity=""),
+        _good(8, occurred_at="2099-01-01"),
+        _good(9, subject_id=org_id(9)),  # speeding is for residents only
+        _good(10, occurred_at="2025-05-01T08:00:00+00:00"),
+    ]
+    path = write_csv(tmp_path / "transport.csv", rows)
+    s = ws.ingest("transport", path, received_at=RECEIVED)
+    assert (s.rows, s.accepted, s.rejected, s.duplicates) == (10, 2, 8, 0)
+    rejects = _rejects(s.rejects_file)
+    by_row = {int(r["row"]): r for r in rejects}
+    assert {r: by_row[r]["field"] for r in by_row} == {
+        2: "subject_id",
+        3: "kind",
+        4: "record_id",
+        5: "occurred_at",
+        6: "quantity",
+        7: "quantity",
+        8: "occurred_at",
+        9: "subject_id",
+    }
+    assert all(int(r["line"]) == int(r["row"]) + 1 for r in rejects)
+    assert "check digit" in by_row[2]["reason"]
+    assert "unknown kind 'transport.teleportation'" in by_row[3]["reason"]
+    assert "known kinds: transport.drunk_driving" in by_row[3]["reason"]
+    assert "ISO 8601" in by_row[5]["reason"]
+    assert "not a number" in by_row[6]["reason"]
+    assert "needs a quantity (percent over the limit)" in by_row[7]["reason"]
+    assert "in the future" in by_row[8]["reason"]
+    assert "residents only" in by_row[9]["reason"]
+    # The raw ID never lands in civiscore's files: rejects carry a masked form.
+    assert by_row[2]["subject_id_masked"].count("*") == 8
+    assert resident_id(1) not in Path(s.rejects_file or "").read_text()
+    # An offset is converted to Shanghai time.
+    stored = ws.store.con.execute(
+        "SELECT occurred_at FROM records WHERE record_id = 'R10'"
+    ).fetchall()
+    assert stored == [(dt.datetime(2025, 5, 1, 16, 0),)]
+
+
+def test_malformed_csv_line_is_rejected_with_its_line_and_later_lines_keep_theirs(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    path = tmp_path / "t.csv"
+    good = [_good(i) for i in range(1, 4)]
+    write_csv(path, good)
+    text = path.read_text().splitlines()
+    text.insert(2, "broken,line,with,too,many,fields,here,and,more")
+    text.append(
+        ",".join(["R9", resident_id(9), "transport.teleportation", "2025-01-01", "", "", ""])
+    )
+    path.write_text("\n".join(text) + "\n")
+    s = ws.ingest("transport", path, received_at=RECEIVED)
+    assert (s.accepted, s.rejected) == (3, 2)
+    rejects = {r["field"]: r for r in _rejects(s.rejects_file)}
+    assert rejects["line"]["line"] == "3"
+    assert "header's columns" in rejects["line"]["reason"]
+    assert rejects["kind"]["line"] == "6"
+
+
+def test_jsonl_and_parquet_are_read_with_positions(ws: Workspace, tmp_path: Path) -> None:
+    jl = tmp_path / "tourism.jsonl"
+    lines = [
+        json.dumps(
+            {
+                "record_id": "T1",
+                "subject_id": resident_id(1),
+                "kind": "tourism.uncivil_conduct",
+                "occurred_at": "2025-01-02",
+            }
+        ),
+        "",
+        "{not json",
+        json.dumps(["a", "list"]),
+        json.dumps(
+            {"record_id": "T2", "subject_id": resident_id(2), "kind": "tourism.uncivil_conduct"}
+        ),
+    ]
+    jl.write_text("\n".join(lines) + "\n")
+    s = ws.ingest("tourism", jl, received_at=RECEIVED)
+    assert (s.accepted, s.rejected) == (1, 3)
+    lines_of = {r["line"]: r["field"] for r in _rejects(s.rejects_file)}
+    assert lines_of == {"3": "line", "4": "line", "5": "occurred_at"}
+
+    pqf = tmp_path / "blood.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "record_id": ["B1", "B2"],
+                "subject_id": [resident_id(1), "123"],
+                "kind": ["civic.blood_donation"] * 2,
+                "occurred_at": pa.array([dt.datetime(2025, 1, 1), dt.datetime(2025, 1, 2)]),
+            }
+        ),
+        pqf,
+    )
+    s = ws.ingest("blood_service", pqf, received_at=RECEIVED)
+    assert (s.accepted, s.rejected) == (1, 1)
+    (rej,) = _rejects(s.rejects_file)
+    assert (rej["row"], rej["line"], rej["field"]) == ("2", "", "subject_id")
+    assert "has 3 characters" in rej["reason"]
+
+
+def test_file_level_errors_name_the_file_and_the_fix(ws: Workspace, tmp_path: Path) -> None:
+    bad = tmp_path / "x.csv"
+    bad.write_text("record_id,subject,kind\nA,B,C\n")
+    with pytest.raises(FileError, match=r"x\.csv: line 1 \(header\): missing column\(s\)"):
+        ws.ingest("transport", bad)
+    (tmp_path / "y.xlsx").write_bytes(b"PK")
+    with pytest.raises(FileError, match=r"unknown file type '\.xlsx'"):
+        ws.ingest("transport", tmp_path / "y.xlsx")
+    with pytest.raises(FileError, match="no such file"):
+        ws.ingest("transport", tmp_path / "missing.csv")
+    with pytest.raises(FileError, match="unknown department 'weather'"):
+        ws.ingest("weather", write_csv(tmp_path / "z.csv", [_good(1)]))
+
+
+def test_reingest_and_overlap_add_nothing_twice_and_conflicts_are_rejected(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    a = write_csv(tmp_path / "a.csv", [_good(i) for i in range(1, 6)])
+    b = write_csv(tmp_path / "b.csv", [_good(i) for i in range(4, 9)])
+    s1 = ws.ingest("transport", a, received_at=RECEIVED)
+    s2 = ws.ingest("transport", a, received_at=RECEIVED)
+    s3 = ws.ingest("transport", b, received_at=RECEIVED)
+    assert (s1.accepted, s2.accepted, s2.duplicates) == (5, 0, 5)
+    assert (s3.accepted, s3.duplicates) == (3, 2)
+    changed = write_csv(tmp_path / "c.csv", [_good(1, quantity=60)])
+    s4 = ws.ingest("transport", changed, received_at=RECEIVED)
+    assert (s4.accepted, s4.rejected) == (0, 1)
+    (rej,) = _rejects(s4.rejects_file)
+    assert rej["field"] == "record_id" and "retracts" in rej["reason"]
+    count = ws.store.con.execute("SELECT count(*) FROM records").fetchall()[0][0]
+    assert count == 8
+    # The same record_id in another department is another record.
+    other = write_csv(tmp_path / "d.csv", [_good(1, kind="tourism.uncivil_conduct")])
+    assert ws.ingest("tourism", other, received_at=RECEIVED).accepted == 1
+
+
+def test_raw_ids_are_never_stored(ws: Workspace, tmp_path: Path) -> None:
+    raw = resident_id(42)
+    ws.ingest("transport", write_csv(tmp_path / "a.csv", [_good(42)]), received_at=RECEIVED)
+    ws.store.con.execute("CHECKPOINT")
+    assert raw.encode() not in (ws.home / "store.duckdb").read_bytes()
+    assert ws.sid_of(raw) is not None
+
+
+def _big_csv(path: Path, rows: int) -> None:
+    ids = [resident_id(i) for i in range(1000)]
+    con = duckdb.connect()
+    con.execute(
+        f"""COPY (SELECT 'R' || i AS record_id, ids[(i % 1000) + 1] AS subject_id,
+                   'transport.speeding' AS kind,
+                   strftime(TIMESTAMP '2025-01-01' + to_seconds(i), '%Y-%m-%dT%H:%M:%S')
+                     AS occurred_at,
+                   (i % 70)::VARCHAR AS quantity, NULL AS reference, NULL AS retracts
+            FROM range({rows}) t(i), (SELECT {ids!r}::VARCHAR[] AS ids))
+            TO '{path}' (HEADER, DELIMITER ',')"""
+    )
+    con.close()
+
+
+@pytest.mark.slow
+def test_kill_9_during_ingest_leaves_the_store_consistent_and_rerun_completes(
+    tmp_path: Path,
+) -> None:
+    home = tmp_path / "home"
+    Workspace.init(home)[0].close()
+    total = 400_000
+    src = tmp_path / "transport.csv"
+    _big_csv(src, total)
+    env = {**os.environ, "CIVISCORE_BATCH_ROWS": "20000"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "civiscore",
+        "--home",
+        str(home),
+        "ingest",
+        "--department",
+        "transport",
+        str(src),
+        "--json",
+    ]
+
+    def stored() -> int:
+        con = duckdb.connect(str(home / "store.duckdb"), read_only=True)
+        try:
+            n, distinct = con.execute(
+                "SELECT count(*), count(DISTINCT record_id) FROM records"
+            ).fetchall()[0]
+        finally:
+            con.close()
+        assert n == distinct, "a crash must never duplicate records"
+        return int(n)
+
+    delay = 1.0
+    for _attempt in range(8):
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        partial = stored()
+        if 0 < partial < total:
+            break
+        if partial == total:  # finished before the kill: start again, kill sooner
+            (home / "store.duckdb").unlink()
+            (home / "store.duckdb.wal").unlink(missing_ok=True)
+            Workspace.init(home)[0].close()
+            delay /= 2
+        else:
+            delay *= 1.5
+    else:
+        pytest.fail("could not interrupt the ingest in the middle")
+    assert proc.returncode == -signal.SIGKILL
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    (summary,) = json.loads(done.stdout)
+    assert summary["accepted"] + summary["duplicates"] == total
+    assert summary["duplicates"] == partial
+    assert stored() == total
