@@ -366,15 +366,7 @@ def _print_explanation(x: Explanation) -> None:
     if x.contexts:
         out.print("by context: " + ", ".join(f"{c} {p:+}" for c, p in sorted(x.contexts.items())))
     table = Table(title="records that count")
-    for col in (
-        "occurred",
-        "department",
-        "record",
-        "rule",
-        "points",
-        "counts until",
-        "legal basis",
-    ):
+    for col in ("occurred", "department", "record", "rule", "points", "counts until"):
         table.add_column(col, justify="right" if col == "points" else "left")
     for line in x.lines:
         table.add_row(
@@ -384,9 +376,13 @@ def _print_explanation(x: Explanation) -> None:
             line.rule + (f"\n[dim]{line.note}[/]" if line.note else ""),
             f"{line.points:+}",
             f"{line.counts_until:%Y-%m-%d}" if line.counts_until else "—",
-            line.legal_basis,
         )
     out.print(table)
+    laws = {line.rule: line.legal_basis for line in x.lines}
+    if laws:
+        out.print("[bold]legal basis of each rule[/]")
+        for rule, basis in sorted(laws.items()):
+            out.print(f"  {rule}: {basis}", highlight=False)
     if x.not_counted:
         nc = Table(title="records that do not count")
         for col in ("occurred", "department", "record", "kind", "why"):
