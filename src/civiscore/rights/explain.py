@@ -16,6 +16,7 @@ from pydantic import BaseModel, PlainSerializer
 
 from civiscore.engine.duckdb_engine import DuckDBEngine
 from civiscore.rulebook.model import Listing, Rulebook
+from civiscore.timeutil import sql_timestamp
 
 Points = Annotated[
     Decimal,
@@ -196,8 +197,6 @@ def _explain(
 def _not_counted(
     rb: Rulebook, cur: duckdb.DuckDBPyConnection, sid: int, at: dt.datetime, known_at: dt.datetime
 ) -> list[NotCounted]:
-    from civiscore.timeutil import sql_timestamp
-
     rows = _rows(
         cur,
         f"""SELECT r.department, r.record_id, r.kind, r.occurred_at, r.retracts,
