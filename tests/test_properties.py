@@ -28,7 +28,7 @@ START = dt.datetime(2022, 1, 1)
 SPAN_DAYS = 4 * 365
 
 PROFILE = settings(
-    max_examples=25,
+    max_examples=15,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -237,3 +237,33 @@ def test_merits_never_lift_a_grave_sanction(
         assert not ws.check(raw, "deposit_free_rental", at, RECEIVED).allowed
     finally:
         ws.close()
+
+
+@PROFILE
+@given(rows=histories(), at=moments, data=st.data())
+def test_a_retracted_record_is_as_if_it_never_existed(
+    tmp_path_factory: Any, rows: list[dict[str, Any]], at: dt.datetime, data: st.DataObject
+) -> None:
+    """Once a retraction is known, every answer equals the one without the retracted record."""
+    plain = [r for r in rows if "retracts" not in r]
+    withdrawn = (
+        data.draw(st.lists(st.sampled_from(plain), unique_by=lambda r: r["record_id"]))
+        if plain
+        else []
+    )
+    retractions = [
+        {**r, "record_id": f"W{r['record_id']}", "retracts": r["record_id"]} for r in withdrawn
+    ]
+    kept = [r for r in plain if r not in withdrawn]
+    a, b = _fresh(tmp_path_factory), _fresh(tmp_path_factory)
+    try:
+        _load(a, plain + retractions, RECEIVED)
+        _load(b, kept, RECEIVED)
+        for n in (1, 2, 3):
+            xa, xb = (w.explain(resident_id(n), at, RECEIVED) for w in (a, b))
+            assert (xa.score, xa.band, xa.contexts) == (xb.score, xb.band, xb.contexts)
+            assert [line.record_id for line in xa.lines] == [line.record_id for line in xb.lines]
+            assert [x.listing for x in xa.listings] == [x.listing for x in xb.listings]
+    finally:
+        a.close()
+        b.close()

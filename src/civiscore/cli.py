@@ -135,11 +135,23 @@ def init(
     rulebook: Annotated[
         Path | None, typer.Option(help="rulebook YAML to publish (default: the demo rulebook)")
     ] = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Create the store and the pseudonym key, and publish a rulebook."""
     with _errors():
         ws, res = Workspace.init(_home(), rulebook)
         ws.close()
+    if json_out:
+        _print_json(
+            {
+                "store": str(res.home / "store.duckdb"),
+                "key_file": str(res.key_file),
+                "key_created": res.key_created,
+                "rulebook_version": res.rulebook_version,
+                "rulebook_published": res.rulebook_published,
+            }
+        )
+        return
     out.print(f"store      {res.home / 'store.duckdb'}")
     state = "created" if res.key_created else "kept (already present)"
     out.print(f"key        {res.key_file} — {state}; keep it secret and backed up")
