@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from civiscore.engine.duckdb_engine import DuckDBEngine
 from civiscore.rights.explain import ActiveListing, active_listings
-from civiscore.rulebook.model import Rulebook
+from civiscore.rulebook.model import Listing, Rulebook
 
 
 class UnknownService(LookupError):
@@ -64,56 +64,24 @@ def decide(
             f"unknown service {service!r}; the rulebook in force offers: " + ", ".join(rb.services)
         )
     appeal = appeal_text(rb, at)
-    reasons: list[Reason] = []
     if svc.kind == "restriction":
-        for entry in listings:
-            for r in entry.restricts:
-                if r.service == service:
-                    reasons.append(
-                        Reason(
-                            code=f"listed:{entry.listing}",
-                            listing=entry.listing,
-                            name=entry.name,
-                            legal_basis=f"{r.legal_basis}; listing: {entry.legal_basis}",
-                            since=entry.since,
-                            until=entry.until,
-                            department=entry.department,
-                            reference=entry.reference,
-                            record_id=entry.record_id,
-                            remedy=entry.remedy,
-                            appeal=appeal,
-                        )
-                    )
-        return Decision(
-            allowed=not reasons,
-            service=service,
-            as_of=at,
-            known_at=known_at,
-            rulebook_version=rb.version,
-            reasons=reasons,
-        )
-    granted = any(g.service == service for entry in listings for g in entry.grants)
-    if not granted:
-        for listing in rb.listings:
-            for g in listing.grants:
-                if g.service == service:
-                    reasons.append(
-                        Reason(
-                            code=f"not_granted:{listing.id}",
-                            listing=listing.id,
-                            name=listing.name,
-                            legal_basis=f"{g.legal_basis}; listing: {listing.legal_basis}",
-                            since=None,
-                            until=None,
-                            department=None,
-                            reference=None,
-                            record_id=None,
-                            remedy=_benefit_condition(rb, listing.id),
-                            appeal=appeal,
-                        )
-                    )
+        reasons = [
+            _reason(f"listed:{e.listing}", rb.listing(e.listing), r.legal_basis, appeal, e)
+            for e in listings
+            for r in e.restricts
+            if r.service == service
+        ]
+        allowed = not reasons
+    else:
+        allowed = any(g.service == service for e in listings for g in e.grants)
+        reasons = [
+            _reason(f"not_granted:{lst.id}", lst, g.legal_basis, appeal, None)
+            for lst in rb.listings
+            for g in lst.grants
+            if g.service == service and not allowed
+        ]
     return Decision(
-        allowed=granted,
+        allowed=allowed,
         service=service,
         as_of=at,
         known_at=known_at,
@@ -122,8 +90,26 @@ def decide(
     )
 
 
-def _benefit_condition(rb: Rulebook, listing_id: str) -> str:
-    listing = rb.listing(listing_id)
+def _reason(
+    code: str, listing: Listing, basis: str, appeal: str, active: ActiveListing | None
+) -> Reason:
+    """One reason; ``active`` is the subject's listing for a denial, None for a benefit not held."""
+    return Reason(
+        code=code,
+        listing=listing.id,
+        name=listing.name,
+        legal_basis=f"{basis}; listing: {listing.legal_basis}",
+        since=active.since if active else None,
+        until=active.until if active else None,
+        department=active.department if active else None,
+        reference=active.reference if active else None,
+        record_id=active.record_id if active else None,
+        remedy=listing.remedy if active else _benefit_condition(listing),
+        appeal=appeal,
+    )
+
+
+def _benefit_condition(listing: Listing) -> str:
     if listing.trigger.band:
         return (
             f"granted while the band is {' or '.join(listing.trigger.band)} and no grave sanction "
