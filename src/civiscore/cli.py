@@ -369,7 +369,7 @@ def _print_explanation(x: Explanation) -> None:
     capped = " (capped: a grave sanction is active)" if x.band_capped_by_grave_sanction else ""
     out.print(
         Panel(
-            f"score [bold]{x.score}[/] = base {x.base} + {x.score - x.base} · band "
+            f"score [bold]{x.score}[/] = base {x.base} {x.score - x.base:+} · band "
             f"[bold]{x.band}[/]{capped}\nas of {x.as_of} · known at {x.known_at} · rulebook "
             f"{x.rulebook_version}",
             expand=False,

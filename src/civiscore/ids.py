@@ -63,13 +63,22 @@ def is_resident_id(raw: str) -> bool:
     >>> is_resident_id("110105194912310021")
     False
     """
-    if len(raw) != 18 or not raw[:17].isdigit() or raw[17] not in "0123456789X":
+    if not _resident_shape(raw) or not _real_birth_date(raw):
         return False
+    return resident_check_char(raw[:17]) == raw[17]
+
+
+def _resident_shape(raw: str) -> bool:
+    # isascii() first: str.isdigit() also accepts full-width and superscript digits.
+    return len(raw) == 18 and raw.isascii() and raw[:17].isdigit() and raw[17] in "0123456789X"
+
+
+def _real_birth_date(raw: str) -> bool:
     try:
         dt.date(int(raw[6:10]), int(raw[10:12]), int(raw[12:14]))
     except ValueError:
         return False
-    return resident_check_char(raw[:17]) == raw[17]
+    return True
 
 
 def is_uscc(raw: str) -> bool:
@@ -78,7 +87,7 @@ def is_uscc(raw: str) -> bool:
     >>> is_uscc("91350100M000100Y43")
     True
     """
-    if len(raw) != 18 or any(c not in USCC_ALPHABET for c in raw):
+    if len(raw) != 18 or not raw.isascii() or any(c not in USCC_ALPHABET for c in raw):
         return False
     return uscc_check_char(raw[:17]) == raw[17]
 
@@ -90,10 +99,20 @@ def subject_type(raw: str) -> SubjectType:
         return "person"
     if is_uscc(cleaned):
         return "organisation"
+    if not cleaned.isascii():
+        raise InvalidSubjectId(
+            f"subject ID {raw!r} contains non-ASCII characters (full-width digits?); type it "
+            "with the digits 0-9 and the letters A-Z"
+        )
     if len(cleaned) != 18:
         raise InvalidSubjectId(
             f"subject ID {raw!r} has {len(cleaned)} characters; resident IDs (GB 11643) and "
             "unified social credit codes (GB 32100) both have 18"
+        )
+    if _resident_shape(cleaned) and not _real_birth_date(cleaned):
+        raise InvalidSubjectId(
+            f"subject ID {raw!r} looks like a resident ID but its birth date "
+            f"{cleaned[6:10]}-{cleaned[10:12]}-{cleaned[12:14]} does not exist"
         )
     raise InvalidSubjectId(
         f"subject ID {raw!r} fails the check digit of both a resident ID (GB 11643) and a "
@@ -134,6 +153,7 @@ def resident_valid_sql(column: str) -> str:
     )
     return (
         f"(length({column}) = 18 AND regexp_full_match({column}, '[0-9]{{17}}[0-9X]') "
+        f"AND substr({column}, 7, 4) <> '0000' "
         f"AND try_strptime(substr({column}, 7, 8), '%Y%m%d') IS NOT NULL "
         f"AND substr('{RESIDENT_CHECK}', (({terms}) % 11) + 1, 1) = substr({column}, 18, 1))"
     )

@@ -18,7 +18,7 @@ from civiscore.ids import pseudonym, subject_type
 from civiscore.ingest.run import IngestSummary, ingest_file
 from civiscore.rights.explain import Explanation, explain
 from civiscore.rulebook import registry
-from civiscore.rulebook.load import demo_rulebook_path
+from civiscore.rulebook.load import demo_rulebook_path, load
 from civiscore.rulebook.model import Rulebook
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
@@ -44,10 +44,16 @@ class Workspace:
     @classmethod
     def init(cls, home: Path, rulebook: Path | None = None) -> tuple[Workspace, InitResult]:
         """Create the store and key if absent and publish the rulebook (default: the demo)."""
+        source = rulebook or demo_rulebook_path()
+        load(source)  # refuse a bad rulebook before anything is created
         store = DuckDBStore.create(home)
-        key_file, created = create_key(home)
-        rb, published = registry.publish(store, rulebook or demo_rulebook_path(), now_local())
-        ws = cls(home, store, load_key(home))
+        try:
+            key_file, created = create_key(home)
+            rb, published = registry.publish(store, source, now_local())
+            ws = cls(home, store, load_key(home))
+        except BaseException:
+            store.close()
+            raise
         return ws, InitResult(home, key_file, created, rb.version, published)
 
     @classmethod
