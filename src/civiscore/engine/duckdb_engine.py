@@ -28,7 +28,8 @@ class DuckDBEngine:
         """Build every stage for (T, K[, subject]); returns the cursor holding them."""
         cur = self.store.con.cursor()
         for stage in stages(rb, at, known_at, sid):
-            cur.execute(f"CREATE OR REPLACE TEMP TABLE {stage.name} AS {stage.sql}")
+            kind = "VIEW" if stage.view else "TABLE"
+            cur.execute(f"CREATE OR REPLACE TEMP {kind} {stage.name} AS {stage.sql}")
         return cur
 
     def score(

@@ -110,14 +110,25 @@ def band_rank_sql(rb: Rulebook, band: str) -> str:
 
 @dataclass(frozen=True)
 class Stage:
+    """One step of the plan. ``view`` stages are cheap filters better recomputed than stored."""
+
     name: str
     sql: str
+    view: bool = False
 
 
 def stages(rb: Rulebook, at: dt.datetime, known_at: dt.datetime, sid: int | None) -> list[Stage]:
     """The plan for one question (T, K, optionally one subject) as ordered stages."""
     T, K = sql_timestamp(at), sql_timestamp(known_at)
     who = "" if sid is None else f" AND sid = {int(sid)}"
+    # Expired matches only matter to an explanation ("stopped counting on …"); for the whole
+    # population they are dropped at once rather than stored and discarded.
+    still_counting = (
+        ""
+        if sid is not None
+        else f"\n              AND (rv.valid_m IS NULL OR l.occurred_at + to_months(rv.valid_m)"
+        f" + to_days(rv.valid_d) > {T})"
+    )
     out = [
         Stage(
             "withdrawn",
@@ -135,6 +146,7 @@ def stages(rb: Rulebook, at: dt.datetime, known_at: dt.datetime, sid: int | None
             WHERE r.received_at <= {K} AND r.occurred_at <= {T} AND r.retracts IS NULL{who}
               AND NOT EXISTS (SELECT 1 FROM withdrawn w WHERE w.department = r.department
                               AND w.record_id = r.record_id AND w.sid = r.sid)""",
+            view=True,
         ),
         Stage(
             "matched",
@@ -152,7 +164,7 @@ def stages(rb: Rulebook, at: dt.datetime, known_at: dt.datetime, sid: int | None
              AND (rv.v_until IS NULL OR l.occurred_at < rv.v_until)
              AND (rv.q_lo IS NULL OR l.quantity >= rv.q_lo)
              AND (rv.q_hi IS NULL OR l.quantity < rv.q_hi)
-            WHERE NOT (rv.per_unit AND l.quantity IS NULL)""",
+            WHERE NOT (rv.per_unit AND l.quantity IS NULL){still_counting}""",
         ),
         Stage(
             "points",
