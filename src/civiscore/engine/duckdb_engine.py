@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import duckdb
 
@@ -23,9 +24,13 @@ class DuckDBEngine:
         self.store = store
 
     def evaluate(
-        self, rb: Rulebook, at: dt.datetime, known_at: dt.datetime, sid: int | None = None
+        self,
+        rb: Rulebook,
+        at: dt.datetime,
+        known_at: dt.datetime,
+        sid: int | Sequence[int] | None = None,
     ) -> duckdb.DuckDBPyConnection:
-        """Build every stage for (T, K[, subject]); returns the cursor holding them."""
+        """Build every stage for (T, K[, subjects]); returns the cursor holding them."""
         cur = self.store.con.cursor()
         for stage in stages(rb, at, known_at, sid):
             kind = "VIEW" if stage.view else "TABLE"

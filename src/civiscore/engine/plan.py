@@ -19,6 +19,7 @@ Stages (each a table built from the previous ones):
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from civiscore.rulebook.model import DatedNumber, Duration, Listing, Rule, Rulebook
@@ -117,15 +118,25 @@ class Stage:
     view: bool = False
 
 
-def stages(rb: Rulebook, at: dt.datetime, known_at: dt.datetime, sid: int | None) -> list[Stage]:
-    """The plan for one question (T, K, optionally one subject) as ordered stages."""
+def stages(
+    rb: Rulebook,
+    at: dt.datetime,
+    known_at: dt.datetime,
+    sid: int | Sequence[int] | None,
+) -> list[Stage]:
+    """The plan for one question (T, K; all subjects, one, or a set) as ordered stages."""
     T, K = sql_timestamp(at), sql_timestamp(known_at)
-    who = "" if sid is None else f" AND sid = {int(sid)}"
-    # Expired matches only matter to an explanation ("stopped counting on …"); for the whole
-    # population they are dropped at once rather than stored and discarded.
+    if sid is None:
+        who = ""
+    elif isinstance(sid, int):
+        who = f" AND sid = {int(sid)}"
+    else:
+        who = f" AND sid IN ({', '.join(str(int(s)) for s in sid) or 'NULL'})"
+    # Expired matches only matter to one subject's explanation ("stopped counting on …"); for
+    # the population or a set of subjects they are dropped at once rather than stored.
     still_counting = (
         ""
-        if sid is not None
+        if isinstance(sid, int)
         else f"\n              AND (rv.valid_m IS NULL OR l.occurred_at + to_months(rv.valid_m)"
         f" + to_days(rv.valid_d) > {T})"
     )

@@ -254,6 +254,29 @@ class DuckDBStore:
         assert counts is not None
         return BatchResult(int(counts[0]), int(counts[1]), conflicts)
 
+    def withdraw(
+        self, department: str, record_id: str, by_record_id: str, at: dt.datetime
+    ) -> int | None:
+        """Append a retraction of a stored record (an overturned appeal); returns its subject.
+
+        History is not edited: the withdrawal is a new record, visible as such in every
+        explanation from the moment it is stored.
+        """
+        row = first_row(
+            self.con,
+            "SELECT sid, kind FROM records WHERE department = ? AND record_id = ? "
+            "AND retracts IS NULL",
+            [department, record_id],
+        )
+        if row is None:
+            return None
+        self.con.execute(
+            "INSERT INTO records SELECT ?, ?, ?, ?, ?, NULL, NULL, ?, ?, 0 WHERE NOT EXISTS "
+            "(SELECT 1 FROM records WHERE department = ? AND record_id = ?)",
+            [department, by_record_id, row[0], row[1], at, record_id, at, department, by_record_id],
+        )
+        return int(row[0])
+
     # -- subjects ----------------------------------------------------------------------------
 
     def sid_for(self, pseudonym: str) -> int | None:
