@@ -513,3 +513,175 @@ def demo(
 
     with _errors():
         run_demo(_home(), residents=residents, seed=seed, console=out, err=err)
+
+
+# -- the service ---------------------------------------------------------------------------
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        help="operational database (default: $CIVISCORE_DATABASE_URL, else SQLite in the home)",
+    ),
+]
+
+
+@contextmanager
+def _operations(database_url: str | None) -> Iterator[Any]:
+    from civiscore.service import Operations
+    from civiscore.settings import Settings
+
+    with _errors():
+        try:
+            ops = Operations.open(_home(), Settings.from_env(database_url=database_url))
+        except ValueError as exc:
+            fail(str(exc))
+        try:
+            yield ops
+        finally:
+            ops.close()
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port to listen on")] = 8000,
+    database_url: DbOpt = None,
+) -> None:
+    """Run the HTTP API (departments, services, subjects, reviewers, auditors, admins)."""
+    import uvicorn
+
+    from civiscore.api.app import create_app
+    from civiscore.service import Service
+    from civiscore.settings import Settings
+
+    with _errors():
+        try:
+            settings = Settings.from_env(database_url=database_url)
+        except ValueError as exc:
+            fail(str(exc))
+        service = Service.open(_home(), settings)
+    try:
+        err.print(f"civiscore serving {_home()} on http://{host}:{port} (docs at /docs)")
+        uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    finally:
+        service.close()
+
+
+keys_app = typer.Typer(help="API keys: one per party, a role per key.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[
+        str, typer.Option(help="department, service, subject, reviewer, auditor, admin")
+    ],
+    name: Annotated[str, typer.Option(help="the party's name, e.g. rail-ticketing")],
+    department: Annotated[str | None, typer.Option(help="for a department key")] = None,
+    service: Annotated[
+        list[str] | None, typer.Option("--service", help="for a service key (repeatable)")
+    ] = None,
+    subject: Annotated[
+        str | None, typer.Option(help="for a subject key: their resident ID or credit code")
+    ] = None,
+    database_url: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a key and print it once."""
+    from civiscore.api.keys import KeyProblem
+    from civiscore.service import SYSTEM, Invalid
+
+    with _operations(database_url) as ops:
+        try:
+            key, party = ops.create_key_unchecked(
+                actor=SYSTEM,
+                name=name,
+                role=role,
+                department=department,
+                services=service or [],
+                subject_id=subject,
+            )
+        except (KeyProblem, Invalid) as exc:
+            fail(str(exc))
+    if json_out:
+        _print_json({"name": party.name, "role": party.role, "key": key})
+        return
+    out.print(f"key for {party.name} ({party.role}) — shown once, store it now:")
+    out.print(key, highlight=False, soft_wrap=True)
+
+
+@keys_app.command("list")
+def keys_list(database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Every key, without the keys themselves."""
+    with _operations(database_url) as ops:
+        keys = ops.keys.list()
+    if json_out:
+        _print_json([k.__dict__ for k in keys])
+        return
+    table = Table(title="keys")
+    for col in ("name", "role", "prefix", "scope", "created", "revoked"):
+        table.add_column(col)
+    for k in keys:
+        scope = k.department or ", ".join(k.services) or ("own record" if k.has_subject else "")
+        table.add_row(
+            k.name,
+            k.role,
+            k.prefix,
+            scope,
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "",
+        )
+    out.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    name: Annotated[str, typer.Argument(help="the key's name")], database_url: DbOpt = None
+) -> None:
+    """Revoke a key at once."""
+    from civiscore.service import SYSTEM, NotFound
+
+    with _operations(database_url) as ops:
+        try:
+            ops.revoke_key(SYSTEM, name)
+        except NotFound as exc:
+            fail(str(exc))
+    out.print(f"revoked {name}")
+
+
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+def audit_verify(database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Recompute the hash chain and check every signed head. Exit 0 intact, 1 tampered."""
+    with _operations(database_url) as ops:
+        report = ops.verify_audit()
+    if json_out:
+        _print_json(
+            {
+                "ok": report.ok,
+                "entries": report.entries,
+                "heads": report.heads,
+                "problems": [
+                    {"seq": p.seq, "kind": p.kind, "message": p.message} for p in report.problems
+                ],
+            }
+        )
+    elif report.ok:
+        out.print(f"audit log intact: {report.entries:,} entries, {report.heads:,} signed heads")
+    else:
+        for p in report.problems:
+            err.print(f"[bold red]{p.kind}[/] {p.message}", highlight=False)
+        err.print(f"[bold red]audit log NOT intact[/]: {len(report.problems)} problem(s)")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def openapi() -> None:
+    """Print the HTTP API's OpenAPI document (checked in as docs/openapi.json)."""
+    from civiscore.api.app import api_spec
+
+    sys.stdout.write(json.dumps(api_spec(), indent=2, sort_keys=True) + "\n")

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from typing import Annotated
+
+from pydantic import PlainSerializer, WithJsonSchema
 
 SHANGHAI = dt.timezone(dt.timedelta(hours=8), "Asia/Shanghai")
 
@@ -57,3 +60,16 @@ def parse_moment(text: str) -> dt.datetime:
 def sql_timestamp(moment: dt.datetime) -> str:
     """A SQL TIMESTAMP literal for a naive local time."""
     return f"TIMESTAMP '{moment.isoformat(sep=' ')}'"
+
+
+def _iso_with_offset(moment: dt.datetime) -> str:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=SHANGHAI)).isoformat()
+
+
+# A naive local time that leaves as RFC 3339 with its +08:00 offset, so JSON consumers (and
+# JSON Schema's date-time format) know exactly which instant is meant.
+LocalDateTime = Annotated[
+    dt.datetime,
+    PlainSerializer(_iso_with_offset, return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "date-time"}, mode="serialization"),
+]

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from civiscore.engine.duckdb_engine import DuckDBEngine
 from civiscore.rights.explain import ActiveListing, active_listings
 from civiscore.rulebook.model import Listing, Rulebook
+from civiscore.timeutil import LocalDateTime
 
 
 class UnknownService(LookupError):
@@ -24,8 +25,8 @@ class Reason(BaseModel):
     listing: str
     name: str
     legal_basis: str
-    since: dt.datetime | None
-    until: dt.datetime | None
+    since: LocalDateTime | None
+    until: LocalDateTime | None
     department: str | None
     reference: str | None
     record_id: str | None
@@ -36,8 +37,8 @@ class Reason(BaseModel):
 class Decision(BaseModel):
     allowed: bool
     service: str
-    as_of: dt.datetime
-    known_at: dt.datetime
+    as_of: LocalDateTime
+    known_at: LocalDateTime
     rulebook_version: str
     reasons: list[Reason]
 

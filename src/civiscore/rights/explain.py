@@ -16,7 +16,7 @@ from pydantic import BaseModel, PlainSerializer
 
 from civiscore.engine.duckdb_engine import DuckDBEngine
 from civiscore.rulebook.model import Listing, Rulebook
-from civiscore.timeutil import sql_timestamp
+from civiscore.timeutil import LocalDateTime, sql_timestamp
 
 Points = Annotated[
     Decimal,
@@ -28,12 +28,12 @@ class Line(BaseModel):
     record_id: str
     department: str
     kind: str
-    occurred_at: dt.datetime
+    occurred_at: LocalDateTime
     rule: str
     points: Points
     context: str
     legal_basis: str
-    counts_until: dt.datetime | None
+    counts_until: LocalDateTime | None
     note: str | None = None
 
 
@@ -41,7 +41,7 @@ class NotCounted(BaseModel):
     record_id: str
     department: str
     kind: str
-    occurred_at: dt.datetime
+    occurred_at: LocalDateTime
     reason: str
 
 
@@ -55,8 +55,8 @@ class ActiveListing(BaseModel):
     name: str
     list: str
     grave: bool
-    since: dt.datetime | None
-    until: dt.datetime | None
+    since: LocalDateTime | None
+    until: LocalDateTime | None
     legal_basis: str
     remedy: str | None
     record_id: str | None
@@ -67,8 +67,8 @@ class ActiveListing(BaseModel):
 
 
 class Explanation(BaseModel):
-    as_of: dt.datetime
-    known_at: dt.datetime
+    as_of: LocalDateTime
+    known_at: LocalDateTime
     rulebook_version: str
     base: Points
     score: Points

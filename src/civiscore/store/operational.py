@@ -29,6 +29,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+# SQLite only autoincrements an INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT.
+AutoId = BigInteger().with_variant(Integer, "sqlite")
+
 ROLES = ("department", "service", "subject", "reviewer", "auditor", "admin")
 
 
@@ -87,7 +90,7 @@ class Access(Base):
     __tablename__ = "access_log"
     __table_args__ = (Index("ix_access_subject_at", "subject", "at"),)
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
     at: Mapped[dt.datetime] = mapped_column(DateTime)
     party: Mapped[str] = mapped_column(String(100))
     service: Mapped[str] = mapped_column(String(60))
@@ -137,7 +140,7 @@ class ServedListing(Base):
     __tablename__ = "served_listings"
     __table_args__ = (Index("ix_served_subject", "subject"),)
 
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
     subject: Mapped[str] = mapped_column(String(64))
     listing: Mapped[str] = mapped_column(String(100))
     list: Mapped[str] = mapped_column(String(10))
