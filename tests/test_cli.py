@@ -24,7 +24,7 @@ from civiscore.cli import app
 from civiscore.ids import pseudonym
 from civiscore.rulebook.load import demo_rulebook_path
 from civiscore.synth.city import DEFAULT_END
-from civiscore.timeutil import now_local
+from civiscore.timeutil import SHANGHAI, now_local
 from tests.utils import org_id, resident_id, write_csv
 
 # The runner must not pick up a developer's own civiscore home or key. A wide console keeps
@@ -58,7 +58,7 @@ SERVICES = (
 TODAY = now_local().date()
 DEFAULT_DAY = TODAY - dt.timedelta(days=100)  # the judgment default and the other records
 AT = (DEFAULT_DAY + dt.timedelta(days=10)).isoformat()  # while the listings run
-AT_END = f"{AT}T23:59:59.999999"  # a date means the end of that day
+AT_END = f"{AT}T23:59:59.999999+08:00"  # a date means the end of that day, Shanghai time
 BEFORE = (DEFAULT_DAY - dt.timedelta(days=1)).isoformat()
 
 # The debtor's ID ends in the check letter X, so lookups can be tried in lower case.
@@ -419,7 +419,7 @@ def test_check_a_judgment_debtor_is_denied_with_reasons(records: Path) -> None:
     assert "Fa Shi [2017] No. 7" in reason["legal_basis"]  # and the listing's
     since = dt.datetime.fromisoformat(reason["since"])
     until = dt.datetime.fromisoformat(reason["until"])
-    assert since == dt.datetime.combine(DEFAULT_DAY, dt.time())
+    assert since == dt.datetime.combine(DEFAULT_DAY, dt.time(), SHANGHAI)
     assert 730 <= (until - since).days <= 731  # a two-year term
     assert (reason["department"], reason["record_id"], reason["reference"]) == (
         "courts",
@@ -456,7 +456,7 @@ def test_check_known_at_before_the_record_arrived_is_allowed(records: Path) -> N
     yesterday = (TODAY - dt.timedelta(days=1)).isoformat()
     args = ("check", DEBTOR, "high_speed_rail", "--at", AT, "--known-at", yesterday, "--json")
     data = as_json(expect(invoke(records, *args), 0))
-    assert data["known_at"] == f"{yesterday}T23:59:59.999999"
+    assert data["known_at"] == f"{yesterday}T23:59:59.999999+08:00"
 
 
 def test_check_accepts_a_lower_case_check_letter_and_spaces(records: Path) -> None:

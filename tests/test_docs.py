@@ -21,14 +21,26 @@ def _commands() -> dict[str, Any]:
     return dict(getattr(group, "commands", {}))
 
 
+def _flatten(commands: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """Commands with their full names, sub-commands of groups such as `keys create` included."""
+    out: list[tuple[str, Any]] = []
+    for name, command in commands.items():
+        sub = getattr(command, "commands", None)
+        if sub:
+            out += _flatten(dict(sub), f"{prefix}{name} ")
+        else:
+            out.append((f"{prefix}{name}", command))
+    return out
+
+
 def test_every_command_and_option_is_in_the_readme() -> None:
     commands = _commands()
     assert {"init", "synth", "ingest", "score", "check", "explain", "stats", "lint", "demo"} <= set(
         commands
     )
     missing = []
-    for name, command in commands.items():
-        if f"  {name} " not in README and f"  {name}\n" not in README:
+    for name, command in _flatten(commands):
+        if f"  {name} " not in README and f"civiscore {name} " not in README:
             missing.append(name)
         for param in command.params:
             for opt in getattr(param, "opts", []):
@@ -46,3 +58,10 @@ def test_architecture_names_every_package() -> None:
     packages = [p.name for p in src.iterdir() if p.is_dir() and (p / "__init__.py").exists()]
     missing = [p for p in packages if f"{p}/" not in ARCHITECTURE]
     assert not missing, f"docs/architecture.md does not mention: {missing}"
+
+
+def test_every_service_setting_is_in_the_readme() -> None:
+    from civiscore.settings import Settings
+
+    missing = [name for name in Settings.model_fields if f"`{name}`" not in README]
+    assert not missing, f"document these settings in README.md: {missing}"

@@ -38,7 +38,7 @@ from civiscore.rulebook.load import RulebookError, load
 from civiscore.rulebook.registry import NoRulebookInForce
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import StoreMissing
-from civiscore.timeutil import BadMoment, now_local, parse_moment
+from civiscore.timeutil import BadMoment, iso_local, now_local, parse_moment
 from civiscore.workspace import Workspace
 
 app = typer.Typer(
@@ -301,8 +301,8 @@ def _snapshot_dict(snap: Snapshot) -> dict[str, Any]:
     return {
         "snapshot_id": snap.snapshot_id,
         "rulebook_version": snap.rulebook_version,
-        "as_of": snap.at.isoformat(),
-        "known_at": snap.known_at.isoformat(),
+        "as_of": iso_local(snap.at),
+        "known_at": iso_local(snap.known_at),
         "subjects": snap.subjects,
     }
 

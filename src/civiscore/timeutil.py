@@ -62,7 +62,12 @@ def sql_timestamp(moment: dt.datetime) -> str:
     return f"TIMESTAMP '{moment.isoformat(sep=' ')}'"
 
 
-def _iso_with_offset(moment: dt.datetime) -> str:
+def iso_local(moment: dt.datetime) -> str:
+    """RFC 3339 text of a local time, with its offset.
+
+    >>> iso_local(dt.datetime(2025, 3, 3, 23, 59))
+    '2025-03-03T23:59:00+08:00'
+    """
     return (moment if moment.tzinfo else moment.replace(tzinfo=SHANGHAI)).isoformat()
 
 
@@ -70,6 +75,6 @@ def _iso_with_offset(moment: dt.datetime) -> str:
 # JSON Schema's date-time format) know exactly which instant is meant.
 LocalDateTime = Annotated[
     dt.datetime,
-    PlainSerializer(_iso_with_offset, return_type=str, when_used="json"),
+    PlainSerializer(iso_local, return_type=str, when_used="json"),
     WithJsonSchema({"type": "string", "format": "date-time"}, mode="serialization"),
 ]

@@ -22,7 +22,7 @@ from civiscore.rulebook.load import demo_rulebook_path, load
 from civiscore.rulebook.model import Rulebook
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
-from civiscore.timeutil import now_local
+from civiscore.timeutil import iso_local, now_local
 
 
 @dataclass(frozen=True)
@@ -151,8 +151,8 @@ class Workspace:
         )
         return {
             "snapshot_id": sid_,
-            "as_of": snapshot.at.isoformat(),
-            "known_at": snapshot.known_at.isoformat(),
+            "as_of": iso_local(snapshot.at),
+            "known_at": iso_local(snapshot.known_at),
             "rulebook_version": snapshot.rulebook_version,
             "subjects": snapshot.subjects,
             "mean_score": round(float(mean[0]), 2) if mean and mean[0] is not None else None,

@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from civiscore.api.errors import ApiError
@@ -102,3 +102,16 @@ ReviewerParty = Annotated[Party, Depends(role("reviewer"))]
 AuditorParty = Annotated[Party, Depends(role("auditor"))]
 AdminParty = Annotated[Party, Depends(role("admin"))]
 OversightParty = Annotated[Party, Depends(role("auditor", "admin"))]
+
+
+Limit = Annotated[int, Query(ge=1, le=500, description="page size")]
+Offset = Annotated[int, Query(ge=0, le=2**31 - 1, description="rows to skip")]
+
+
+def refuse(
+    service: Service, party: Party, action: str, why: str, message: str, field: str | None
+) -> ApiError:
+    """Log a refused attempt (another department's records, another service) and return the
+    403 to raise."""
+    service.log_refusal(party, action, why)
+    return ApiError(403, "forbidden", message, field)

@@ -3,11 +3,9 @@ written reason."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Query
-
-from civiscore.api.deps import ReviewerParty, ServiceDep
+from civiscore.api.deps import Limit, Offset, ReviewerParty, ServiceDep
 from civiscore.api.errors import ERROR_RESPONSES
 from civiscore.api.schemas import AppealId, AppealOut, DecisionIn, EvidenceOut, QueueItemOut
 from civiscore.api.views import appeal_out, evidence
@@ -19,8 +17,8 @@ router = APIRouter(prefix="/v1/appeals", tags=["reviewers"], responses=ERROR_RES
 def queue(
     party: ReviewerParty,
     service: ServiceDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[QueueItemOut]:
     """Open appeals, earliest review deadline first."""
     now = service.clock()

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from civiscore.api.deps import AuditorParty, OversightParty, ServiceDep
+from civiscore.api.deps import AuditorParty, Limit, OversightParty, ServiceDep
 from civiscore.api.errors import ERROR_RESPONSES
 from civiscore.api.schemas import AuditEntryOut, StatsOut, VerifyOut, VerifyProblemOut
 
@@ -19,7 +19,7 @@ def entries(
     party: AuditorParty,
     service: ServiceDep,
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    limit: Limit = 100,
 ) -> list[AuditEntryOut]:
     """Log entries after sequence number ``after``, oldest first."""
     return [

@@ -3,10 +3,10 @@ code, and the adverse-action notice — never a score, a record or another servi
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 
-from civiscore.api.deps import ServiceDep, ServiceParty
-from civiscore.api.errors import ERROR_RESPONSES, ApiError
+from civiscore.api.deps import ServiceDep, ServiceParty, refuse
+from civiscore.api.errors import ERROR_RESPONSES
 from civiscore.api.keys import Party
 from civiscore.api.schemas import (
     BatchCheckIn,
@@ -26,24 +26,22 @@ FREE_COPY = (
 )
 
 
-def _scope(service: Service, party: Party, name: str, request: Request) -> None:
+def _scope(service: Service, party: Party, name: str) -> None:
     if name not in party.services:
-        why = f"key registered for {', '.join(party.services)} asked about {name!r}"
-        service.log_refusal(party, "eligibility", why)
-        raise ApiError(
-            403,
-            "forbidden",
+        raise refuse(
+            service,
+            party,
+            "eligibility",
+            f"key registered for {', '.join(party.services)} asked about {name!r}",
             f"this key may ask about {', '.join(party.services)} only",
             "service",
         )
 
 
 @router.post("/check", response_model=EligibilityOut)
-def check(
-    body: CheckIn, party: ServiceParty, service: ServiceDep, request: Request
-) -> EligibilityOut:
+def check(body: CheckIn, party: ServiceParty, service: ServiceDep) -> EligibilityOut:
     """One subject, one of your services."""
-    _scope(service, party, body.service, request)
+    _scope(service, party, body.service)
     result = service.check(party, body.subject_id, body.service)
     d = result.decision
     return EligibilityOut(
@@ -72,11 +70,11 @@ def check(
 
 @router.post("/batch", response_model=BatchEligibilityOut)
 def check_batch(
-    body: BatchCheckIn, party: ServiceParty, service: ServiceDep, request: Request
+    body: BatchCheckIn, party: ServiceParty, service: ServiceDep
 ) -> BatchEligibilityOut:
     """Many subjects, one of your services; answers in the order asked. Ask `/check` for the
     notice of a denied subject."""
-    _scope(service, party, body.service, request)
+    _scope(service, party, body.service)
     results, suspended = service.check_batch(party, body.service, body.subject_ids)
     return BatchEligibilityOut(
         service=body.service,

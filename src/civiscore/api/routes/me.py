@@ -3,11 +3,9 @@ checked them, and their appeals. Nobody else's."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from fastapi import APIRouter
 
-from fastapi import APIRouter, Query
-
-from civiscore.api.deps import ServiceDep, SubjectParty
+from civiscore.api.deps import Limit, Offset, ServiceDep, SubjectParty
 from civiscore.api.errors import ERROR_RESPONSES
 from civiscore.api.schemas import AccessOut, AppealId, AppealIn, AppealOut, MyRecordOut
 from civiscore.api.views import appeal_out
@@ -25,8 +23,8 @@ def my_record(party: SubjectParty, service: ServiceDep) -> MyRecordOut:
 def my_accesses(
     party: SubjectParty,
     service: ServiceDep,
-    limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Limit = 100,
+    offset: Offset = 0,
 ) -> list[AccessOut]:
     """Who checked you, when, for which service, with what answer (newest first)."""
     return [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from civiscore.api.deps import DepartmentParty, ServiceDep
-from civiscore.api.errors import ERROR_RESPONSES, ApiError
+from civiscore.api.deps import DepartmentParty, ServiceDep, refuse
+from civiscore.api.errors import ERROR_RESPONSES
 from civiscore.api.schemas import RecordsIn, RowProblemOut, SubmissionOut
 
 router = APIRouter(prefix="/v1/records", tags=["departments"], responses=ERROR_RESPONSES)
@@ -16,11 +16,11 @@ def submit_records(body: RecordsIn, party: DepartmentParty, service: ServiceDep)
     """Submit records for your own department. Rows already stored count as duplicates;
     rejected rows come back with their index, field and reason."""
     if body.department is not None and body.department != party.department:
-        why = f"key for {party.department!r} tried to write records of {body.department!r}"
-        service.log_refusal(party, "records.submit", why)
-        raise ApiError(
-            403,
-            "forbidden",
+        raise refuse(
+            service,
+            party,
+            "records.submit",
+            f"key for {party.department!r} tried to write records of {body.department!r}",
             f"this key writes records of {party.department!r} only",
             "department",
         )
