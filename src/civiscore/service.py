@@ -131,14 +131,15 @@ class Operations:
 
     # -- audit -------------------------------------------------------------------------------
 
-    def _log(self, party: Party, action: str, subject: str | None, detail: dict[str, Any]) -> None:
+    def log(self, party: Party, action: str, subject: str | None, detail: dict[str, Any]) -> None:
+        """Append one event to the audit log (pseudonyms only, never raw IDs)."""
         self.audit.append(
             [AuditEvent(party.name, party.role, action, subject, detail)], self.clock()
         )
 
     def log_refusal(self, party: Party, action: str, why: str) -> None:
         """Log a refused attempt (wrong role, another party's subject or service)."""
-        self._log(party, "refused." + action, None, {"why": why})
+        self.log(party, "refused." + action, None, {"why": why})
 
     def _require(self, party: Party, *roles: str) -> None:
         if party.role not in roles:
@@ -180,7 +181,7 @@ class Operations:
                 f"unknown service(s) {', '.join(unknown)}; known: {', '.join(rb.services)}"
             )
         key, created = self.keys.create(at=self.clock(), subject=subject, **kw)
-        self._log(
+        self.log(
             actor,
             "key.create",
             subject,
@@ -198,7 +199,7 @@ class Operations:
             revoked = self.keys.revoke(name, self.clock())
         except KeyProblem as exc:
             raise NotFound(str(exc)) from exc
-        self._log(actor, "key.revoke", revoked.subject, {"name": name, "role": revoked.role})
+        self.log(actor, "key.revoke", revoked.subject, {"name": name, "role": revoked.role})
 
 
 class Service(Operations):
@@ -303,7 +304,7 @@ class Service(Operations):
                 )
             else:
                 row.value, row.changed_at, row.changed_by = value, at, party.name
-        self._log(party, "stop_switch." + ("on" if suspended else "off"), None, {"reason": reason})
+        self.log(party, "stop_switch." + ("on" if suspended else "off"), None, {"reason": reason})
 
     # -- departments -------------------------------------------------------------------------
 
@@ -352,7 +353,7 @@ class Service(Operations):
         ]
         if sids:
             self.refresh(sids)
-        self._log(
+        self.log(
             party,
             "records.submit",
             None,
@@ -444,7 +445,7 @@ class Service(Operations):
             )
         if len(answers) == 1:
             p, allowed, code = answers[0]
-            self._log(
+            self.log(
                 party,
                 "eligibility.check",
                 p,
@@ -452,7 +453,7 @@ class Service(Operations):
             )
         else:
             denied = sum(1 for _, a, _ in answers if not a)
-            self._log(
+            self.log(
                 party,
                 "eligibility.batch",
                 None,
@@ -471,7 +472,7 @@ class Service(Operations):
         at = self.clock()
         with self.lock:
             x = explain(self.ws.engine, self.ws.rulebook_at(at), sid, at, at)
-        self._log(party, "record.read", party.subject, {})
+        self.log(party, "record.read", party.subject, {})
         return x
 
     def my_accesses(self, party: Party, limit: int, offset: int) -> list[Access]:
@@ -533,7 +534,7 @@ class Service(Operations):
             session.add(
                 AppealEvent(appeal_id=appeal.id, at=at, actor=party.name, event="filed", note=None)
             )
-        self._log(
+        self.log(
             party, "appeal.file", party.subject, {"appeal": appeal.id, "target": appeal.target}
         )
         return appeal
@@ -570,7 +571,7 @@ class Service(Operations):
 
     def log_access_by_reviewer(self, party: Party, appeal: Appeal) -> None:
         """A reviewer opening a subject's history is an access to personal data: log it."""
-        self._log(party, "appeal.evidence", appeal.subject, {"appeal": appeal.id})
+        self.log(party, "appeal.evidence", appeal.subject, {"appeal": appeal.id})
 
     def appeal_events(self, appeal_id: int) -> list[AppealEvent]:
         with Session(self.ops) as session:
@@ -614,7 +615,7 @@ class Service(Operations):
                 )
             if sid is not None:
                 self.refresh([sid])
-        self._log(
+        self.log(
             party, "appeal.decide", appeal.subject, {"appeal": appeal_id, "outcome": appeal.status}
         )
         return appeal
@@ -629,7 +630,7 @@ class Service(Operations):
         path.write_text(text, encoding="utf-8")
         with self.lock:
             rb, published = registry.publish(self.ws.store, path, self.clock())
-        self._log(party, "rulebook.publish", None, {"version": rb.version, "new": published})
+        self.log(party, "rulebook.publish", None, {"version": rb.version, "new": published})
         self.refresh()
         return rb.version
 

@@ -118,6 +118,11 @@ def create_app(service: Service | None, *, refresh_on_start: bool = True) -> Fas
     for module in (records, eligibility, me, appeals, audit, admin):
         app.include_router(module.router)
 
+    if service is not None:
+        from civiscore.web import pages
+
+        pages.install(app)
+
     @app.get("/health", tags=["health"])
     def health() -> dict[str, str]:
         """Liveness; no key needed, no data."""

@@ -124,6 +124,21 @@ class KeyStore:
             self._cache.clear()
         return party
 
+    def active(self, name: str) -> bool:
+        """Whether the key named ``name`` exists and is not revoked (cached for seconds)."""
+        now = time.monotonic()
+        cache_key = "name:" + name
+        with self._lock:
+            hit = self._cache.get(cache_key)
+            if hit is not None and now - hit[0] < _CACHE_SECONDS:
+                return hit[1] is not None
+        with Session(self.engine) as session:
+            row = session.scalar(select(ApiKey).where(ApiKey.name == name))
+            party = None if row is None or row.revoked_at is not None else _party(row)
+        with self._lock:
+            self._cache[cache_key] = (now, party)
+        return party is not None
+
     def authenticate(self, key: str) -> Party | None:
         """The party of a valid, unrevoked key, or None."""
         digest = hash_key(key)

@@ -1,0 +1,143 @@
+"""Charts drawn on the server as inline SVG: no JavaScript, no CDN, readable in print.
+
+Each chart has a <title> and <desc> for screen readers, and the page shows the same numbers
+as a table beside it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from html import escape
+
+from markupsafe import Markup
+
+PALETTE = {
+    "AAA": "#1a7f37",
+    "AA": "#2da44e",
+    "A": "#6cc644",
+    "B": "#d4a72c",
+    "C": "#e16f24",
+    "D": "#cf222e",
+}
+
+
+def _svg(width: int, height: int, title: str, desc: str, body: str) -> Markup:
+    return Markup(
+        f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {width} {height}" role="img" '
+        f'class="chart" aria-labelledby="t d"><title id="t">{escape(title)}</title>'
+        f'<desc id="d">{escape(desc)}</desc>{body}</svg>'
+    )
+
+
+def band_scale(bands: Sequence[tuple[str, float | None]], score: float, band: str) -> Markup:
+    """The bands from worst to best as a bar, with a marker at the score.
+
+    ``bands`` is best first, as in the rulebook: (name, min).
+    """
+    ordered = list(reversed(bands))
+    lows = [m if m is not None else 0.0 for _, m in ordered]
+    lo = min(min(lows[1:], default=0.0) - 150, score - 50)
+    hi = max(max(lows) + 100, score + 50)
+    width, height, left, right = 640, 90, 10, 630
+
+    def x(v: float) -> float:
+        return left + (right - left) * (v - lo) / (hi - lo)
+
+    parts = []
+    for i, (name, low) in enumerate(ordered):
+        start = lo if low is None or i == 0 else low
+        end = hi if i == len(ordered) - 1 else (ordered[i + 1][1] or hi)
+        x0, x1 = x(start), x(end)
+        parts.append(
+            f'<rect x="{x0:.1f}" y="20" width="{max(0.0, x1 - x0):.1f}" height="30" '
+            f'fill="{PALETTE.get(name, "#8c959f")}"/>'
+            f'<text x="{(x0 + x1) / 2:.1f}" y="40" text-anchor="middle" font-size="13" '
+            f'fill="#fff" font-weight="bold">{escape(name)}</text>'
+        )
+        if low is not None and i > 0:
+            parts.append(
+                f'<text x="{x0:.1f}" y="66" text-anchor="middle" font-size="11">{low:g}</text>'
+            )
+    sx = x(score)
+    parts.append(
+        f'<polygon points="{sx - 7:.1f},6 {sx + 7:.1f},6 {sx:.1f},18" fill="#24292f"/>'
+        f'<text x="{sx:.1f}" y="84" text-anchor="middle" font-size="12" font-weight="bold">'
+        f"score {score:g}</text>"
+    )
+    desc = f"Score {score:g}, band {band}. Bands from worst to best: " + ", ".join(
+        f"{n} from {m:g}" if m is not None else f"{n} below" for n, m in ordered
+    )
+    return _svg(width, height, "Band scale", desc, "".join(parts))
+
+
+def histogram(counts: Sequence[tuple[str, int]], title: str, unit: str = "subjects") -> Markup:
+    """Vertical bars with their values, e.g. subjects per band."""
+    width, height, top, bottom, left = 640, 260, 20, 220, 50
+    peak = max([c for _, c in counts] + [1])
+    slot = (width - left - 10) / max(len(counts), 1)
+    parts = [
+        f'<line x1="{left}" y1="{bottom}" x2="{width - 10}" y2="{bottom}" stroke="#57606a"/>',
+        f'<text x="12" y="{(top + bottom) / 2}" font-size="12" text-anchor="middle" '
+        f'transform="rotate(-90 12 {(top + bottom) / 2})">{escape(unit)}</text>',
+    ]
+    for i, (label, count) in enumerate(counts):
+        h = (bottom - top) * count / peak
+        x0 = left + i * slot + slot * 0.15
+        parts.append(
+            f'<rect x="{x0:.1f}" y="{bottom - h:.1f}" width="{slot * 0.7:.1f}" height="{h:.1f}" '
+            f'fill="{PALETTE.get(label, "#0969da")}">'
+            f"<title>{escape(label)}: {count:,}</title></rect>"
+            f'<text x="{x0 + slot * 0.35:.1f}" y="{bottom - h - 4:.1f}" text-anchor="middle" '
+            f'font-size="11">{count:,}</text>'
+            f'<text x="{x0 + slot * 0.35:.1f}" y="{bottom + 16}" text-anchor="middle" '
+            f'font-size="12">{escape(label)}</text>'
+        )
+    desc = "; ".join(f"{label}: {count:,} {unit}" for label, count in counts)
+    return _svg(width, height, title, desc, "".join(parts))
+
+
+def line_chart(
+    series: Sequence[tuple[dt.date, float]], title: str, unit: str, baseline: float | None = None
+) -> Markup:
+    """A step line over time (e.g. a score month by month)."""
+    width, height, left, right, top, bottom = 640, 240, 60, 620, 20, 200
+    if not series:
+        return _svg(width, height, title, "no data", "")
+    values = [v for _, v in series] + ([baseline] if baseline is not None else [])
+    lo, hi = min(values) - 10, max(values) + 10
+    n = len(series)
+
+    def x(i: int) -> float:
+        return left + (right - left) * (i / max(n - 1, 1))
+
+    def y(v: float) -> float:
+        return bottom - (bottom - top) * (v - lo) / (hi - lo)
+
+    parts = [
+        f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#57606a"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#57606a"/>',
+        f'<text x="14" y="{(top + bottom) / 2}" font-size="12" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(top + bottom) / 2})">{escape(unit)}</text>',
+        f'<text x="{left - 6}" y="{y(hi) + 4:.1f}" font-size="11" text-anchor="end">{hi:g}</text>',
+        f'<text x="{left - 6}" y="{y(lo) + 4:.1f}" font-size="11" text-anchor="end">{lo:g}</text>',
+    ]
+    if baseline is not None:
+        parts.append(
+            f'<line x1="{left}" y1="{y(baseline):.1f}" x2="{right}" y2="{y(baseline):.1f}" '
+            f'stroke="#8c959f" stroke-dasharray="4 4"/>'
+        )
+    points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, (_, v) in enumerate(series))
+    parts.append(f'<polyline points="{points}" fill="none" stroke="#0969da" stroke-width="2"/>')
+    for i, (day, v) in enumerate(series):
+        parts.append(
+            f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="3" fill="#0969da">'
+            f"<title>{day:%Y-%m}: {v:g}</title></circle>"
+        )
+        if i % max(1, n // 6) == 0 or i == n - 1:
+            parts.append(
+                f'<text x="{x(i):.1f}" y="{bottom + 16}" font-size="11" text-anchor="middle">'
+                f"{day:%Y-%m}</text>"
+            )
+    desc = "; ".join(f"{day:%Y-%m}: {v:g}" for day, v in series)
+    return _svg(width, height, title, desc, "".join(parts))
