@@ -650,7 +650,11 @@ def test_demo_runs_end_to_end_in_the_default_home(in_tmp: Path) -> None:
     assert "DENIED — high_speed_rail" in text
     assert "= base" in text and "records that count" in text  # the explain panel
     # The denied subject the demo shows is denied again by the command it suggests.
-    m = re.search(r"check (\w{18}) high_speed_rail --at", text)
+    m = re.search(r"check (\w{18}) high_speed_rail", text)
     assert m, text
-    at = DEFAULT_END.isoformat()
-    expect(runner.invoke(app, ["check", m[1], "high_speed_rail", "--at", at]), 1)
+    expect(runner.invoke(app, ["check", m[1], "high_speed_rail"]), 1)
+    # It ends with how to open the interface, and a key for every role that has pages.
+    assert "serve" in text and "http://127.0.0.1:8000/" in text
+    keys = json.loads((home / "demo-keys.json").read_text())
+    assert {role for role, _ in keys.values()} >= {"admin", "reviewer", "service", "subject"}
+    assert all(key in text for _, key in keys.values())

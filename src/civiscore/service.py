@@ -237,11 +237,7 @@ class Service(Operations):
         return self.index
 
     def _keep_rulebook_copy(self, at: dt.datetime) -> None:
-        """Write the rulebook in force beside the store, for tools that run beside the server."""
-        books = [b for b in self.ws.store.rulebooks() if b.effective_from <= at.date()]
-        if books:
-            chosen = max(books, key=lambda b: (b.effective_from, b.loaded_at))
-            (self.home / RULEBOOK_IN_FORCE).write_text(chosen.yaml, encoding="utf-8")
+        keep_rulebook_copy(self.ws, at)
 
     def _persist_served(self, sids: Sequence[int] | None, at: dt.datetime) -> None:
         assert self.index is not None
@@ -683,6 +679,15 @@ class Service(Operations):
 
 
 SYSTEM = Party(name="operator (cli)", role="admin")
+
+
+def keep_rulebook_copy(ws: Workspace, at: dt.datetime) -> None:
+    """Write the rulebook in force beside the store, for tools that run beside the server
+    (which holds the store) such as ``civiscore keys``."""
+    books = [b for b in ws.store.rulebooks() if b.effective_from <= at.date()]
+    if books:
+        chosen = max(books, key=lambda b: (b.effective_from, b.loaded_at))
+        (ws.home / RULEBOOK_IN_FORCE).write_text(chosen.yaml, encoding="utf-8")
 
 
 def _raw_table(rows: list[dict[str, Any]]) -> pa.Table:

@@ -129,15 +129,43 @@ def line_chart(
         )
     points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, (_, v) in enumerate(series))
     parts.append(f'<polyline points="{points}" fill="none" stroke="#0969da" stroke-width="2"/>')
+    previous = None
     for i, (day, v) in enumerate(series):
         parts.append(
             f'<circle cx="{x(i):.1f}" cy="{y(v):.1f}" r="3" fill="#0969da">'
             f"<title>{day:%Y-%m}: {v:g}</title></circle>"
         )
+        if previous is not None and v != previous:
+            # Mark each move with its size; the table below the chart names the records.
+            parts.append(
+                f'<text x="{x(i):.1f}" y="{y(v) - 8:.1f}" font-size="11" text-anchor="middle" '
+                f'font-weight="bold">{v - previous:+g}</text>'
+            )
+        previous = v
         if i % max(1, n // 6) == 0 or i == n - 1:
             parts.append(
                 f'<text x="{x(i):.1f}" y="{bottom + 16}" font-size="11" text-anchor="middle">'
                 f"{day:%Y-%m}</text>"
             )
     desc = "; ".join(f"{day:%Y-%m}: {v:g}" for day, v in series)
+    return _svg(width, height, title, desc, "".join(parts))
+
+
+def hbar(counts: Sequence[tuple[str, int]], title: str, unit: str = "subjects") -> Markup:
+    """Horizontal bars with the label on the left: for long labels such as service names."""
+    row, left, width = 26, 200, 640
+    height = row * max(len(counts), 1) + 10
+    peak = max([c for _, c in counts] + [1])
+    parts = []
+    for i, (label, count) in enumerate(counts):
+        y = 5 + i * row
+        w = (width - left - 60) * count / peak
+        parts.append(
+            f'<text x="{left - 8}" y="{y + 16}" text-anchor="end" font-size="12">'
+            f"{escape(label)}</text>"
+            f'<rect x="{left}" y="{y + 3}" width="{w:.1f}" height="{row - 8}" fill="#0969da">'
+            f"<title>{escape(label)}: {count:,} {escape(unit)}</title></rect>"
+            f'<text x="{left + w + 6:.1f}" y="{y + 16}" font-size="12">{count:,}</text>'
+        )
+    desc = "; ".join(f"{label}: {count:,} {unit}" for label, count in counts)
     return _svg(width, height, title, desc, "".join(parts))
