@@ -23,7 +23,6 @@ from typer.testing import CliRunner, Result
 from civiscore.cli import app
 from civiscore.ids import pseudonym
 from civiscore.rulebook.load import demo_rulebook_path
-from civiscore.synth.city import DEFAULT_END
 from civiscore.timeutil import SHANGHAI, now_local
 from tests.utils import org_id, resident_id, write_csv
 
