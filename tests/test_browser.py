@@ -57,13 +57,34 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     home = tmp_path_factory.mktemp("web") / "home"
     ws, _ = Workspace.init(home)
     feeds = tmp_path_factory.mktemp("feeds")
-    debt = {"record_id": "C1", "subject_id": P1, "kind": "court.judgment_default",
-            "occurred_at": days_ago(40), "reference": "(2025)Jing0105Zhi77", "quantity": 20000}
+    debt = {
+        "record_id": "C1",
+        "subject_id": P1,
+        "kind": "court.judgment_default",
+        "occurred_at": days_ago(40),
+        "reference": "(2025)Jing0105Zhi77",
+        "quantity": 20000,
+    }
     ws.ingest("courts", write_csv(feeds / "courts.csv", [debt]))
-    volunteer = [{"record_id": f"V{i}", "subject_id": P2, "kind": "civic.volunteer_hours",
-                  "occurred_at": days_ago(10 + i), "quantity": 20} for i in range(3)]
-    bad = [{"record_id": "V9", "subject_id": "110105194912310021", "kind": "civic.volunteer_hours",
-            "occurred_at": days_ago(3), "quantity": 5}]
+    volunteer = [
+        {
+            "record_id": f"V{i}",
+            "subject_id": P2,
+            "kind": "civic.volunteer_hours",
+            "occurred_at": days_ago(10 + i),
+            "quantity": 20,
+        }
+        for i in range(3)
+    ]
+    bad = [
+        {
+            "record_id": "V9",
+            "subject_id": "110105194912310021",
+            "kind": "civic.volunteer_hours",
+            "occurred_at": days_ago(3),
+            "quantity": 5,
+        }
+    ]
     ws.ingest("civil_affairs", write_csv(feeds / "civil.csv", volunteer + bad))
     service = Service(ws, Settings(database_url=f"sqlite:///{home / 'ops.db'}"), clock=Clock())
     service.ws.score(service.clock(), service.clock())
@@ -96,9 +117,15 @@ def browser() -> Iterator[Any]:
     with sync_playwright() as pw:
         b = pw.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
         )
         yield b
         b.close()

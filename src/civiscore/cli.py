@@ -665,6 +665,7 @@ def audit_verify(database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
                 "ok": report.ok,
                 "entries": report.entries,
                 "heads": report.heads,
+                "problems_total": report.problems_total,
                 "problems": [
                     {"seq": p.seq, "kind": p.kind, "message": p.message} for p in report.problems
                 ],
@@ -675,7 +676,7 @@ def audit_verify(database_url: DbOpt = None, json_out: JsonOpt = False) -> None:
     else:
         for p in report.problems:
             err.print(f"[bold red]{p.kind}[/] {p.message}", highlight=False)
-        err.print(f"[bold red]audit log NOT intact[/]: {len(report.problems)} problem(s)")
+        err.print(f"[bold red]NOT intact[/]: {report.summary()}", highlight=False)
     raise typer.Exit(0 if report.ok else 1)
 
 

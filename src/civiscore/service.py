@@ -19,7 +19,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from civiscore.api.keys import KeyProblem, KeyStore, Party
-from civiscore.audit.log import AuditEvent, AuditLog, VerifyReport
+from civiscore.audit.log import AuditEvent, AuditLog, VerifyReport, anchor_path
 from civiscore.audit.signing import (
     create_signing_key,
     load_public_key,
@@ -51,7 +51,6 @@ from civiscore.timeutil import now_local
 from civiscore.workspace import Workspace
 
 STOP_SWITCH = "enforcement_suspended"
-ANCHOR_FILE = "audit-heads.jsonl"
 RULEBOOK_IN_FORCE = "rulebook-in-force.yaml"
 
 
@@ -108,7 +107,7 @@ class Operations:
         self.audit = AuditLog(
             self.ops,
             signing_key=load_signing_key(home),
-            anchor_file=home / ANCHOR_FILE,
+            anchor_file=anchor_path(home),
         )
 
     @classmethod
@@ -149,7 +148,7 @@ class Operations:
 
     def verify_audit(self) -> VerifyReport:
         return self.audit.verify(
-            load_public_key(public_key_path(self.home)), anchor_file=self.home / ANCHOR_FILE
+            load_public_key(public_key_path(self.home)), anchor_file=anchor_path(self.home)
         )
 
     def _pseudonym(self, raw_id: str, field: str) -> str:

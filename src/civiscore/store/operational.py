@@ -60,6 +60,10 @@ class AuditEntry(Base):
     """An append-only, hash-chained log entry. ``hash`` covers ``prev_hash`` and the content."""
 
     __tablename__ = "audit_log"
+    __table_args__ = (
+        Index("ix_audit_action_seq", "action", "seq"),
+        Index("ix_audit_subject_seq", "subject", "seq"),
+    )
 
     seq: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     at: Mapped[dt.datetime] = mapped_column(DateTime)
