@@ -169,3 +169,55 @@ def hbar(counts: Sequence[tuple[str, int]], title: str, unit: str = "subjects") 
         )
     desc = "; ".join(f"{label}: {count:,} {unit}" for label, count in counts)
     return _svg(width, height, title, desc, "".join(parts))
+
+
+SERIES_COLOURS = ("#0969da", "#cf222e", "#1a7f37", "#9a6700", "#8250df", "#bc4c00", "#57606a")
+
+
+def multi_line(series: dict[str, Sequence[tuple[dt.date, float]]], title: str, unit: str) -> Markup:
+    """Several lines over the same dates (e.g. subjects per listing, snapshot by snapshot)."""
+    width, height, left, right, top, bottom = 640, 260, 60, 470, 20, 200
+    dates = sorted({d for pts in series.values() for d, _ in pts})
+    if not dates:
+        return _svg(width, height, title, "no data", "")
+    peak = max([v for pts in series.values() for _, v in pts] + [1])
+    index = {d: i for i, d in enumerate(dates)}
+
+    def x(d: dt.date) -> float:
+        return left + (right - left) * (index[d] / max(len(dates) - 1, 1))
+
+    def y(v: float) -> float:
+        return bottom - (bottom - top) * v / peak
+
+    parts = [
+        f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#57606a"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{bottom}" stroke="#57606a"/>',
+        f'<text x="14" y="{(top + bottom) / 2}" font-size="12" text-anchor="middle" '
+        f'transform="rotate(-90 14 {(top + bottom) / 2})">{escape(unit)}</text>',
+        f'<text x="{left - 6}" y="{top + 4}" font-size="11" text-anchor="end">{peak:g}</text>',
+        f'<text x="{left - 6}" y="{bottom + 4}" font-size="11" text-anchor="end">0</text>',
+        f'<text x="{left}" y="{bottom + 16}" font-size="11">{dates[0]:%Y-%m-%d}</text>',
+        f'<text x="{right}" y="{bottom + 16}" font-size="11" text-anchor="end">'
+        f"{dates[-1]:%Y-%m-%d}</text>",
+    ]
+    for n, (name, pts) in enumerate(sorted(series.items())):
+        colour = SERIES_COLOURS[n % len(SERIES_COLOURS)]
+        ordered = sorted(pts)
+        points = " ".join(f"{x(d):.1f},{y(v):.1f}" for d, v in ordered)
+        parts.append(
+            f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>'
+        )
+        for d, v in ordered:
+            parts.append(
+                f'<circle cx="{x(d):.1f}" cy="{y(v):.1f}" r="3" fill="{colour}">'
+                f"<title>{escape(name)} {d:%Y-%m-%d}: {v:g}</title></circle>"
+            )
+        parts.append(
+            f'<rect x="{right + 14}" y="{top + n * 18}" width="12" height="12" fill="{colour}"/>'
+            f'<text x="{right + 30}" y="{top + n * 18 + 10}" font-size="11">{escape(name)}</text>'
+        )
+    desc = "; ".join(
+        f"{name}: " + ", ".join(f"{d:%Y-%m-%d} {v:g}" for d, v in sorted(pts))
+        for name, pts in sorted(series.items())
+    )
+    return _svg(width, height, title, desc, "".join(parts))
