@@ -457,13 +457,14 @@ class Service(Operations):
 
     # -- subjects ----------------------------------------------------------------------------
 
-    def _own_sid(self, party: Party) -> int | None:
+    def own_sid(self, party: Party) -> int | None:
+        """The subject number of a subject key's own subject (None: no records yet)."""
         self._require(party, "subject")
         assert party.subject is not None
         return self.ws.store.sid_for(party.subject)
 
     def my_record(self, party: Party) -> Explanation:
-        sid = self._own_sid(party)
+        sid = self.own_sid(party)
         at = self.clock()
         with self.lock:
             x = explain(self.ws.engine, self.ws.rulebook_at(at), sid, at, at)
@@ -494,7 +495,7 @@ class Service(Operations):
         listing: str | None,
         statement: str,
     ) -> Appeal:
-        sid = self._own_sid(party)
+        sid = self.own_sid(party)
         if not statement.strip():
             raise Invalid("say why the record or listing is wrong", "statement")
         owned = (

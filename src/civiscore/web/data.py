@@ -14,7 +14,7 @@ from civiscore.service import NotFound, Service
 
 def score_timeline(service: Service, party: Party, months: int = 12) -> list[tuple[dt.date, float]]:
     """The subject's score at the end of each of the last ``months`` months, as known now."""
-    sid = service._own_sid(party)
+    sid = service.own_sid(party)
     now = service.clock()
     out = []
     with service.lock:
