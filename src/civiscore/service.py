@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -29,9 +30,16 @@ from civiscore.audit.signing import (
 from civiscore.decisions.check import Decision, UnknownService
 from civiscore.decisions.index import DecisionIndex
 from civiscore.home import load_key
-from civiscore.ids import pseudonym, subject_type
+from civiscore.ids import (
+    pseudonym,
+    pseudonym_sql,
+    resident_valid_sql,
+    subject_type,
+    uscc_valid_sql,
+)
 from civiscore.ingest.readers import FIELDS, RAW_SCHEMA
 from civiscore.ingest.validate import validate
+from civiscore.recorder import Recorder
 from civiscore.rights.explain import Explanation, explain
 from civiscore.rulebook import registry
 from civiscore.rulebook.load import loads
@@ -210,12 +218,18 @@ class Service(Operations):
         # DuckDB work (writes and evaluations) is serialised; served decisions are read freely.
         self.lock = threading.RLock()
         self.index: DecisionIndex | None = None
+        self.recorder = Recorder(self.ops, self.audit, self.clock)
+        self._suspended: bool | None = None  # the stop switch, cached: read on every check
+        self._ids = duckdb.connect()  # set-based ID checks for batch eligibility
+        self._ids_lock = threading.Lock()
 
     @classmethod
     def open(cls, home: Path, settings: Settings | None = None, **kw: Any) -> Service:
         return cls(Workspace.open(home), settings or Settings.from_env(), **kw)
 
     def close(self) -> None:
+        self.recorder.close()
+        self._ids.close()
         self.ws.close()
         super().close()
 
@@ -281,9 +295,11 @@ class Service(Operations):
     # -- the stop switch ---------------------------------------------------------------------
 
     def enforcement_suspended(self) -> bool:
-        with Session(self.ops) as session:
-            row = session.get(Setting, STOP_SWITCH)
-            return row is not None and row.value == "true"
+        if self._suspended is None:
+            with Session(self.ops) as session:
+                row = session.get(Setting, STOP_SWITCH)
+                self._suspended = row is not None and row.value == "true"
+        return self._suspended
 
     def set_stop_switch(self, party: Party, suspended: bool, reason: str) -> None:
         self._require(party, "admin")
@@ -299,6 +315,7 @@ class Service(Operations):
                 )
             else:
                 row.value, row.changed_at, row.changed_by = value, at, party.name
+        self._suspended = suspended
         self.log(party, "stop_switch." + ("on" if suspended else "off"), None, {"reason": reason})
 
     # -- departments -------------------------------------------------------------------------
@@ -400,7 +417,7 @@ class Service(Operations):
                 f"{self.settings.max_batch_checks}",
                 "subject_ids",
             )
-        pseudonyms = [self._pseudonym(r, f"subject_ids[{i}]") for i, r in enumerate(raw_ids)]
+        pseudonyms = self._pseudonyms(raw_ids)
         at = self.clock()
         index = self._index()
         suspended = self.enforcement_suspended()
@@ -416,6 +433,26 @@ class Service(Operations):
         )
         return out, suspended
 
+    def _pseudonyms(self, raw_ids: Sequence[str]) -> list[str]:
+        """Validate and pseudonymise many IDs in one SQL statement (the ingest's own checks)."""
+        table = pa.table({"raw": pa.array(list(raw_ids), pa.string())})
+        sql = f"""
+            SELECT {pseudonym_sql(self.pseudonym_key, "v")} AS p,
+                   {resident_valid_sql("v")} OR {uscc_valid_sql("v")} AS ok
+            FROM (SELECT upper(trim(raw)) AS v FROM batch_ids)"""
+        with self._ids_lock:
+            self._ids.register("batch_ids", table)
+            try:
+                result = self._ids.sql(sql).to_arrow_table()
+            finally:
+                self._ids.unregister("batch_ids")
+        ok = result.column("ok").to_pylist()
+        if not all(ok):
+            bad = ok.index(False)
+            self._pseudonym(raw_ids[bad], f"subject_ids[{bad}]")  # raises with the reason
+            raise Invalid(f"subject_ids[{bad}] is not a valid ID", f"subject_ids[{bad}]")
+        return [str(p) for p in result.column("p").to_pylist()]
+
     def _record_access(
         self,
         party: Party,
@@ -423,37 +460,32 @@ class Service(Operations):
         answers: list[tuple[str, bool, str | None]],
         at: dt.datetime,
     ) -> None:
-        with Session(self.ops) as session, session.begin():
-            session.execute(
-                insert(Access),
-                [
-                    {
-                        "at": at,
-                        "party": party.name,
-                        "service": service,
-                        "subject": p,
-                        "allowed": a,
-                        "reason_code": c,
-                    }
-                    for p, a, c in answers
-                ],
-            )
+        rows = [
+            {
+                "at": at,
+                "party": party.name,
+                "service": service,
+                "subject": p,
+                "allowed": a,
+                "reason_code": c,
+            }
+            for p, a, c in answers
+        ]
         if len(answers) == 1:
             p, allowed, code = answers[0]
-            self.log(
-                party,
-                "eligibility.check",
-                p,
-                {"service": service, "allowed": allowed, "reason_code": code},
-            )
+            detail: dict[str, Any] = {"service": service, "allowed": allowed, "reason_code": code}
+            event = AuditEvent(party.name, party.role, "eligibility.check", p, detail)
         else:
             denied = sum(1 for _, a, _ in answers if not a)
-            self.log(
-                party,
+            event = AuditEvent(
+                party.name,
+                party.role,
                 "eligibility.batch",
                 None,
                 {"service": service, "subjects": len(answers), "denied": denied},
             )
+        # Logged (access row and audit entry, committed with others waiting) before answering.
+        self.recorder.record(rows, [event], at)
 
     # -- subjects ----------------------------------------------------------------------------
 
