@@ -276,13 +276,42 @@ def _print_ingest(summaries: list[IngestSummary]) -> None:
 
 
 @app.command()
-def score(at: AtOpt = None, known_at: KnownOpt = None, json_out: JsonOpt = False) -> None:
+def score(
+    at: AtOpt = None,
+    known_at: KnownOpt = None,
+    json_out: JsonOpt = False,
+    incremental: Annotated[
+        bool,
+        typer.Option(
+            "--incremental",
+            help="bring the latest snapshot forward, rescoring only the subjects with new "
+            "records or a validity or listing end since it (same result as a full score); "
+            "scores everyone, and says why, when there is no snapshot yet, the rulebook "
+            "version changed, or --at/--known-at is earlier than the snapshot's",
+        ),
+    ] = False,
+) -> None:
     """Materialise scores, bands and listings for the whole population as of T."""
+    update = None
     with _workspace() as ws, _errors():
         t, k = _moments(at, known_at)
         with err.status("scoring the population", spinner="dots") if not json_out else _null():
-            snap = ws.score(t, k)
+            if incremental:
+                update = ws.score_incremental(t, k)
+                snap = update.snapshot
+            else:
+                snap = ws.score(t, k)
     data = _snapshot_dict(snap)
+    if update is not None:
+        data["base_snapshot_id"] = update.base_snapshot_id
+        data["rescored_subjects"] = update.affected_subjects
+        data["full_score_reason"] = update.full_reason
+        if update.full_reason is not None:
+            err.print(
+                f"scored the whole population: {update.full_reason}",
+                highlight=False,
+                soft_wrap=True,
+            )
     if json_out:
         _print_json(data)
         return
@@ -290,6 +319,11 @@ def score(at: AtOpt = None, known_at: KnownOpt = None, json_out: JsonOpt = False
         f"snapshot {snap.snapshot_id}: {snap.subjects:,} subjects scored as of {snap.at} "
         f"(known at {snap.known_at}) under rulebook {snap.rulebook_version}"
     )
+    if update is not None and update.base_snapshot_id is not None:
+        out.print(
+            f"brought forward from snapshot {update.base_snapshot_id}: "
+            f"{update.affected_subjects:,} subjects rescored, the others' rows carried over"
+        )
 
 
 @contextmanager

@@ -13,6 +13,7 @@ from typing import Any
 
 from civiscore.decisions.check import Decision, check
 from civiscore.engine.duckdb_engine import DuckDBEngine
+from civiscore.engine.incremental import FULL_SCORE_SHARE, Update
 from civiscore.home import create_key, load_key
 from civiscore.ids import pseudonym, subject_type
 from civiscore.ingest.run import IngestSummary, ingest_file
@@ -101,6 +102,13 @@ class Workspace:
 
     def score(self, at: dt.datetime, known_at: dt.datetime) -> Snapshot:
         return self.engine.score(self.rulebook_at(at), at, known_at)
+
+    def score_incremental(
+        self, at: dt.datetime, known_at: dt.datetime, *, full_share: float | None = FULL_SCORE_SHARE
+    ) -> Update:
+        """Bring the latest snapshot forward to (at, known_at), or score everyone and say why."""
+        latest = self.store.latest_snapshot()
+        return self.engine.update(self.rulebook_at(at), latest, at, known_at, full_share=full_share)
 
     def check(self, raw_id: str, service: str, at: dt.datetime, known_at: dt.datetime) -> Decision:
         sid = self.sid_of(raw_id)

@@ -3,15 +3,60 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 from collections.abc import Sequence
 
 import duckdb
 
+from civiscore.engine.incremental import (
+    FULL_SCORE_SHARE,
+    SNAPSHOT_TABLES,
+    Update,
+    affected_sql,
+    copy_unaffected_sql,
+    ensure_lineage,
+    lineage_records_seen,
+    record_lineage,
+    records_seen,
+    too_many,
+    why_full,
+)
 from civiscore.engine.plan import stages
 from civiscore.rulebook.model import Rulebook
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
 from civiscore.timeutil import now_local
+
+# A snapshot's rows, from the plan's stage tables: ``$id`` is the new snapshot's number.
+_FRESH: dict[str, str] = {
+    "snapshot_scores": "SELECT $id AS snapshot_id, sid, score, band, band <> raw_band FROM scores",
+    "snapshot_contexts": (
+        "SELECT $id AS snapshot_id, sid, context, sum(points) FROM points GROUP BY sid, context"
+    ),
+    "snapshot_listings": """SELECT $id AS snapshot_id, sid, listing, list, since, until,
+                   record_id, department, reference
+            FROM (SELECT * FROM decision_listings WHERE list = 'blacklist'
+                  UNION ALL SELECT * FROM conduct_listings WHERE list = 'blacklist'
+                  UNION ALL SELECT * FROM benefits)""",
+}
+assert set(_FRESH) == set(SNAPSHOT_TABLES)
+
+
+def build_stages(
+    cur: duckdb.DuckDBPyConnection,
+    rb: Rulebook,
+    at: dt.datetime,
+    known_at: dt.datetime,
+    sid: int | Sequence[int] | None,
+) -> None:
+    """Create every stage of the plan as a temporary table (or view) on ``cur``."""
+    for stage in stages(rb, at, known_at, sid):
+        kind = "VIEW" if stage.view else "TABLE"
+        cur.execute(f"CREATE OR REPLACE TEMP {kind} {stage.name} AS {stage.sql}")
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 class DuckDBEngine:
@@ -32,9 +77,7 @@ class DuckDBEngine:
     ) -> duckdb.DuckDBPyConnection:
         """Build every stage for (T, K[, subjects]); returns the cursor holding them."""
         cur = self.store.con.cursor()
-        for stage in stages(rb, at, known_at, sid):
-            kind = "VIEW" if stage.view else "TABLE"
-            cur.execute(f"CREATE OR REPLACE TEMP {kind} {stage.name} AS {stage.sql}")
+        build_stages(cur, rb, at, known_at, sid)
         return cur
 
     def score(
@@ -45,41 +88,165 @@ class DuckDBEngine:
         created_at: dt.datetime | None = None,
     ) -> Snapshot:
         """Materialise scores, bands and active listings for the whole population."""
+        ensure_lineage(self.store.con)
+        seen = records_seen(self.store.con)  # before the plan reads the records
         cur = self.evaluate(rb, at, known_at)
         created = created_at or now_local()
         try:
             cur.execute("BEGIN TRANSACTION")
-            row = first_row(cur, "SELECT coalesce(max(snapshot_id), 0) + 1 FROM snapshots")
-            assert row is not None
-            sid_ = int(row[0])
-            cur.execute(
-                "INSERT INTO snapshot_scores "
-                "SELECT $id, sid, score, band, band <> raw_band FROM scores",
-                {"id": sid_},
-            )
-            cur.execute(
-                "INSERT INTO snapshot_contexts "
-                "SELECT $id, sid, context, sum(points) FROM points GROUP BY sid, context",
-                {"id": sid_},
-            )
-            cur.execute(
-                """INSERT INTO snapshot_listings
-                SELECT $id, sid, listing, list, since, until, record_id, department, reference
-                FROM (SELECT * FROM decision_listings WHERE list = 'blacklist'
-                      UNION ALL SELECT * FROM conduct_listings WHERE list = 'blacklist'
-                      UNION ALL SELECT * FROM benefits)""",
-                {"id": sid_},
-            )
-            count = first_row(cur, "SELECT count(*) FROM scores")
-            assert count is not None
-            cur.execute(
-                "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?)",
-                [sid_, rb.version, at, known_at, created, int(count[0])],
-            )
+            sid_ = _next_snapshot_id(cur)
+            for table, sql in _FRESH.items():
+                cur.execute(f"INSERT INTO {table} {sql}", {"id": sid_})
+            count = _write_snapshot(cur, sid_, rb, at, known_at, created)
+            record_lineage(cur, sid_, None, None, seen)
             cur.execute("COMMIT")
         except BaseException:
             cur.execute("ROLLBACK")
             raise
         finally:
             cur.close()
-        return Snapshot(sid_, rb.version, at, known_at, created, int(count[0]))
+        return Snapshot(sid_, rb.version, at, known_at, created, count)
+
+    def update(
+        self,
+        rb: Rulebook,
+        base: Snapshot | None,
+        at: dt.datetime,
+        known_at: dt.datetime,
+        created_at: dt.datetime | None = None,
+        timings: dict[str, float] | None = None,
+        full_share: float | None = FULL_SCORE_SHARE,
+    ) -> Update:
+        """Bring snapshot ``base`` forward to (at, known_at): rescore only affected subjects.
+
+        The result equals :meth:`score` at (at, known_at) row for row; see
+        :mod:`civiscore.engine.incremental` for why. When ``base`` cannot be brought forward
+        (none, another rulebook version, or an earlier ``at`` or ``known_at``), the whole
+        population is scored and :attr:`Update.full_reason` says why; likewise when more than
+        ``full_share`` of the base's subjects are affected, where a full score is as fast (None:
+        never).
+        ``timings``, when given, receives the seconds spent in each step (for benchmarks).
+        """
+        clock = _Stopwatch(timings)
+        reason = why_full(base, rb.version, at, known_at)
+        if reason is None and base is not None:
+            ensure_lineage(self.store.con)
+            cur = self.store.con.cursor()
+            try:
+                seen = records_seen(cur)  # before anything reads the records
+                affected = _affected(cur, rb, base, at, known_at)
+                clock.lap("affected subjects")
+                reason = too_many(affected, base, full_share)
+                if reason is None:
+                    created = created_at or now_local()
+                    snapshot = _rescore(cur, rb, base, at, known_at, created, affected, seen, clock)
+                    return Update(snapshot, base.snapshot_id, affected, None)
+            finally:
+                cur.close()
+        return Update(self.score(rb, at, known_at, created_at), None, None, reason)
+
+
+def _affected(
+    cur: duckdb.DuckDBPyConnection,
+    rb: Rulebook,
+    base: Snapshot,
+    at: dt.datetime,
+    known_at: dt.datetime,
+) -> int:
+    """Create the temporary table ``affected`` on ``cur``; returns how many subjects it holds."""
+    seen = lineage_records_seen(cur, base.snapshot_id)
+    cur.execute("CREATE TEMP TABLE affected AS " + affected_sql(rb, base, seen, at, known_at))
+    row = first_row(cur, "SELECT count(*) FROM affected")
+    assert row is not None
+    return int(row[0])
+
+
+def _rescore(
+    cur: duckdb.DuckDBPyConnection,
+    rb: Rulebook,
+    base: Snapshot,
+    at: dt.datetime,
+    known_at: dt.datetime,
+    created: dt.datetime,
+    affected: int,
+    seen: int,
+    clock: _Stopwatch,
+) -> Snapshot:
+    """Run the plan for the subjects in ``affected`` and write the new snapshot.
+
+    ``seen`` is how many rows ``records`` had before anything was read, for the lineage.
+    """
+    row = first_row(cur, "SELECT current_database()")
+    assert row is not None
+    # The plan reads the table ``records``; on this cursor a temporary table of that name (the
+    # temporary schema is searched first) holds only the affected subjects' records. The
+    # population plan over it is the plan for that set of subjects (``stages(..., sid=[...])``)
+    # without an SQL IN list of every sid, which DuckDB binds slowly when it is long
+    # (see "Incremental scoring" in docs/benchmarks.md).
+    cur.execute(
+        f"CREATE TEMP TABLE records AS SELECT * FROM {_quote(str(row[0]))}.main.records "
+        "WHERE sid IN (SELECT sid FROM affected)"
+    )
+    clock.lap("their records")
+    build_stages(cur, rb, at, known_at, None)
+    clock.lap("plan stages")
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        snapshot_id = _next_snapshot_id(cur)
+        for table, sql in _FRESH.items():
+            cur.execute(copy_unaffected_sql(table, snapshot_id, base.snapshot_id))
+            clock.lap("copy unaffected rows")
+            cur.execute(
+                f"INSERT INTO {table} SELECT * FROM ({sql}) "
+                "WHERE sid IN (SELECT sid FROM affected)",
+                {"id": snapshot_id},
+            )
+            clock.lap("write fresh rows")
+        count = _write_snapshot(cur, snapshot_id, rb, at, known_at, created)
+        record_lineage(cur, snapshot_id, base.snapshot_id, affected, seen)
+        cur.execute("COMMIT")
+        clock.lap("commit")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+    return Snapshot(snapshot_id, rb.version, at, known_at, created, count)
+
+
+class _Stopwatch:
+    """Adds the seconds since the previous lap to a named step, when asked to keep time."""
+
+    def __init__(self, into: dict[str, float] | None):
+        self.into = into
+        self.last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        if self.into is not None:
+            self.into[step] = self.into.get(step, 0.0) + now - self.last
+        self.last = now
+
+
+def _next_snapshot_id(cur: duckdb.DuckDBPyConnection) -> int:
+    row = first_row(cur, "SELECT coalesce(max(snapshot_id), 0) + 1 FROM snapshots")
+    assert row is not None
+    return int(row[0])
+
+
+def _write_snapshot(
+    cur: duckdb.DuckDBPyConnection,
+    snapshot_id: int,
+    rb: Rulebook,
+    at: dt.datetime,
+    known_at: dt.datetime,
+    created: dt.datetime,
+) -> int:
+    """Write the snapshot's own row once its subjects' rows are in; returns the subject count."""
+    count = first_row(
+        cur, "SELECT count(*) FROM snapshot_scores WHERE snapshot_id = ?", [snapshot_id]
+    )
+    assert count is not None
+    cur.execute(
+        "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?)",
+        [snapshot_id, rb.version, at, known_at, created, int(count[0])],
+    )
+    return int(count[0])
