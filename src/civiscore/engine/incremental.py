@@ -107,8 +107,8 @@ CREATE TABLE IF NOT EXISTS {LINEAGE} (
 
 # Above this share of the base snapshot's subjects affected, a full score is as fast as an
 # update: the update copies the affected subjects' records and still copies every other
-# subject's rows. Measured at 1 million residents: 36 % affected took 1.1x a full score,
-# 0.6 % took 15 %.
+# subject's rows. Measured at 1 million residents: 36 % affected took 0.9-1.4x a full score,
+# 0.6 % took 13 %.
 FULL_SCORE_SHARE = 0.25
 
 # The snapshot tables and their columns after ``snapshot_id``, in schema order.
