@@ -392,3 +392,29 @@ def test_the_checked_in_openapi_document_is_current() -> None:
     assert checked_in == json.loads(json.dumps(api_spec())), (
         "regenerate with: civiscore openapi > docs/openapi.json"
     )
+
+
+def test_a_batch_is_in_each_subjects_access_log_at_once_and_after_it_is_indexed(api: Api) -> None:
+    # Batches of 32 or more are logged as one packed row and moved into the subject index
+    # later; a subject's log and the statistics must not see the difference.
+    api.post("courts", "/v1/records", {"records": [default()]})
+    before = api.get("auditor", "/v1/stats").json()
+    asked = [P2] * 20 + [P1] + [P3] * 20 + [P1]
+    r = api.post(
+        "rail", "/v1/eligibility/batch", {"service": "high_speed_rail", "subject_ids": asked}
+    ).json()
+    assert [x["allowed"] for x in r["results"]] == [s != P1 for s in asked]
+    packed = api.get("p1", "/v1/me/accesses").json()
+    assert [(a["service"], a["allowed"], a["reason_code"]) for a in packed] == [
+        ("high_speed_rail", False, "listed:dishonest_judgment_debtor")
+    ] * 2
+    assert len(api.get("p2", "/v1/me/accesses").json()) == 20
+    stats = api.get("auditor", "/v1/stats").json()
+    assert stats["checks"] - before["checks"] == len(asked)
+    assert stats["checks_denied"] - before["checks_denied"] == 2
+
+    api.service.recorder.flush()
+    assert api.get("p1", "/v1/me/accesses").json() == packed
+    assert len(api.get("p2", "/v1/me/accesses", params={"limit": 5, "offset": 18}).json()) == 2
+    after = api.get("auditor", "/v1/stats").json()
+    assert (after["checks"], after["checks_denied"]) == (stats["checks"], stats["checks_denied"])

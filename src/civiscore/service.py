@@ -28,7 +28,7 @@ from civiscore.audit.signing import (
     public_key_path,
 )
 from civiscore.decisions.check import Decision, UnknownService
-from civiscore.decisions.index import DecisionIndex
+from civiscore.decisions.index import BatchAnswers, DecisionIndex
 from civiscore.home import load_key
 from civiscore.ids import (
     pseudonym,
@@ -45,9 +45,9 @@ from civiscore.rulebook import registry
 from civiscore.rulebook.load import loads
 from civiscore.rulebook.model import Rulebook
 from civiscore.settings import Settings
-from civiscore.store import migrate
+from civiscore.store import access, migrate
+from civiscore.store.access import Accesses, AccessRow
 from civiscore.store.operational import (
-    Access,
     Appeal,
     AppealEvent,
     ServedListing,
@@ -392,6 +392,20 @@ class Service(Operations):
             )
 
     def check(self, party: Party, raw_id: str, service: str) -> Eligibility:
+        result, log = self._decide(party, raw_id, service)
+        self.recorder.record(*log)
+        return result
+
+    async def check_async(self, party: Party, raw_id: str, service: str) -> Eligibility:
+        """:meth:`check` for the event loop: the decision is a lookup, and waiting for the log
+        to commit holds no thread."""
+        result, log = self._decide(party, raw_id, service)
+        await self.recorder.record_async(*log)
+        return result
+
+    def _decide(
+        self, party: Party, raw_id: str, service: str
+    ) -> tuple[Eligibility, tuple[Accesses, list[AuditEvent], dt.datetime]]:
         self._service_scope(party, service)
         p = self._pseudonym(raw_id, "subject_id")
         at = self.clock()
@@ -403,12 +417,12 @@ class Service(Operations):
         if suspended and not decision.allowed and index.rb.services[service].kind == "restriction":
             decision = decision.model_copy(update={"allowed": True})
         code = decision.reasons[0].code if decision.reasons else None
-        self._record_access(party, service, [(p, decision.allowed, code)], at)
-        return Eligibility(decision, suspended)
+        log = self._access_log(party, service, [p], [decision.allowed], [code], at)
+        return Eligibility(decision, suspended), log
 
     def check_batch(
         self, party: Party, service: str, raw_ids: Sequence[str]
-    ) -> tuple[list[tuple[bool, str | None]], bool]:
+    ) -> tuple[BatchAnswers, bool]:
         """Allowed and reason code per subject, in order; plus whether enforcement is off."""
         self._service_scope(party, service)
         if len(raw_ids) > self.settings.max_batch_checks:
@@ -420,25 +434,25 @@ class Service(Operations):
         pseudonyms = self._pseudonyms(raw_ids)
         at = self.clock()
         index = self._index()
+        if service not in index.rb.services:
+            raise UnknownService(f"unknown service {service!r}")
         suspended = self.enforcement_suspended()
-        restriction = index.rb.services[service].kind == "restriction"
-        out = []
-        for p in pseudonyms:
-            allowed, code = index.quick(p, service, at)
-            if suspended and restriction:
-                allowed = True
-            out.append((allowed, code))
-        self._record_access(
-            party, service, [(p, a, c) for p, (a, c) in zip(pseudonyms, out, strict=True)], at
+        answers = index.quick_many(pseudonyms, service, at)
+        if suspended and index.rb.services[service].kind == "restriction":
+            answers = BatchAnswers([True] * len(pseudonyms), answers.reason_codes)
+        self.recorder.record(
+            *self._access_log(party, service, pseudonyms, answers.allowed, answers.reason_codes, at)
         )
-        return out, suspended
+        return answers, suspended
 
     def _pseudonyms(self, raw_ids: Sequence[str]) -> list[str]:
         """Validate and pseudonymise many IDs in one SQL statement (the ingest's own checks)."""
         table = pa.table({"raw": pa.array(list(raw_ids), pa.string())})
         sql = f"""
             SELECT {pseudonym_sql(self.pseudonym_key, "v")} AS p,
-                   {resident_valid_sql("v")} OR {uscc_valid_sql("v")} AS ok
+                   -- CASE, not OR: only IDs that are not resident IDs pay for the USCC check
+                   CASE WHEN {resident_valid_sql("v")} THEN true
+                        ELSE {uscc_valid_sql("v")} END AS ok
             FROM (SELECT upper(trim(raw)) AS v FROM batch_ids)"""
         with self._ids_lock:
             self._ids.register("batch_ids", table)
@@ -453,39 +467,34 @@ class Service(Operations):
             raise Invalid(f"subject_ids[{bad}] is not a valid ID", f"subject_ids[{bad}]")
         return [str(p) for p in result.column("p").to_pylist()]
 
-    def _record_access(
+    def _access_log(
         self,
         party: Party,
         service: str,
-        answers: list[tuple[str, bool, str | None]],
+        subjects: Sequence[str],
+        allowed: Sequence[bool],
+        codes: Sequence[str | None],
         at: dt.datetime,
-    ) -> None:
-        rows = [
-            {
-                "at": at,
-                "party": party.name,
+    ) -> tuple[Accesses, list[AuditEvent], dt.datetime]:
+        """What the recorder must commit before the answers are given: an access row per
+        subject and one audit entry for the request."""
+        accesses = Accesses(at, party.name, service, subjects, allowed, codes)
+        if len(subjects) == 1:
+            detail: dict[str, Any] = {
                 "service": service,
-                "subject": p,
-                "allowed": a,
-                "reason_code": c,
+                "allowed": allowed[0],
+                "reason_code": codes[0],
             }
-            for p, a, c in answers
-        ]
-        if len(answers) == 1:
-            p, allowed, code = answers[0]
-            detail: dict[str, Any] = {"service": service, "allowed": allowed, "reason_code": code}
-            event = AuditEvent(party.name, party.role, "eligibility.check", p, detail)
+            event = AuditEvent(party.name, party.role, "eligibility.check", subjects[0], detail)
         else:
-            denied = sum(1 for _, a, _ in answers if not a)
             event = AuditEvent(
                 party.name,
                 party.role,
                 "eligibility.batch",
                 None,
-                {"service": service, "subjects": len(answers), "denied": denied},
+                {"service": service, "subjects": len(subjects), "denied": allowed.count(False)},
             )
-        # Logged (access row and audit entry, committed with others waiting) before answering.
-        self.recorder.record(rows, [event], at)
+        return accesses, [event], at
 
     # -- subjects ----------------------------------------------------------------------------
 
@@ -503,17 +512,12 @@ class Service(Operations):
         self.log(party, "record.read", party.subject, {})
         return x
 
-    def my_accesses(self, party: Party, limit: int, offset: int) -> list[Access]:
+    def my_accesses(self, party: Party, limit: int, offset: int) -> list[AccessRow]:
         self._require(party, "subject")
+        assert party.subject is not None
         with Session(self.ops) as session:
-            return list(
-                session.scalars(
-                    select(Access)
-                    .where(Access.subject == party.subject)
-                    .order_by(Access.at.desc(), Access.id.desc())
-                    .limit(min(limit, self.settings.max_page_size))
-                    .offset(offset)
-                )
+            return access.of_subject(
+                session, party.subject, min(limit, self.settings.max_page_size), offset
             )
 
     # -- appeals -----------------------------------------------------------------------------
@@ -691,13 +695,7 @@ class Service(Operations):
                 )
                 or 0
             )
-            checks = session.scalar(select(func.count()).select_from(Access)) or 0
-            denied = (
-                session.scalar(
-                    select(func.count()).select_from(Access).where(Access.allowed.is_(False))
-                )
-                or 0
-            )
+            checks, denied = access.counts(session)
         return {
             "as_of": at.isoformat(),
             "rulebook_version": index.rb.version,

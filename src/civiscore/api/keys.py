@@ -139,14 +139,23 @@ class KeyStore:
             self._cache[cache_key] = (now, party)
         return party is not None
 
-    def authenticate(self, key: str) -> Party | None:
-        """The party of a valid, unrevoked key, or None."""
+    def cached(self, key: str) -> tuple[bool, Party | None]:
+        """(True, party) when the cache still answers for ``key``; (False, None) when only
+        :meth:`authenticate` can, which reads the database."""
         digest = hash_key(key)
-        now = time.monotonic()
         with self._lock:
             hit = self._cache.get(digest)
-            if hit is not None and now - hit[0] < _CACHE_SECONDS:
-                return hit[1]
+        if hit is not None and time.monotonic() - hit[0] < _CACHE_SECONDS:
+            return True, hit[1]
+        return False, None
+
+    def authenticate(self, key: str) -> Party | None:
+        """The party of a valid, unrevoked key, or None."""
+        found, party = self.cached(key)
+        if found:
+            return party
+        digest = hash_key(key)
+        now = time.monotonic()
         with Session(self.engine) as session:
             row = session.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
             party = None if row is None or row.revoked_at is not None else _party(row)

@@ -18,6 +18,7 @@ log in pages so it runs in constant memory however long the log grows.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -25,6 +26,7 @@ import logging
 import os
 import re
 import threading
+import time
 import unicodedata
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -61,6 +63,20 @@ _TOKEN18 = re.compile(r"(?<![0-9A-Za-z])[0-9A-Za-z]{18}(?![0-9A-Za-z])")
 # from queueing on the database (SQLite would make them retry until its busy timeout) and keeps
 # anchor lines in seq order.
 _APPEND_LOCK = threading.Lock()
+# Least time between two fsyncs of the anchor file (see _write_anchor).
+ANCHOR_SYNC_SECONDS = 1.0
+
+# The appender's statements, built once: every eligibility answer is logged, and building a
+# statement costs more than running it.
+_NEWEST = select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)
+# Three scalar subqueries in one SELECT: one round trip on the service's hot path.
+_TAIL = select(
+    _NEWEST.with_only_columns(AuditEntry.seq).scalar_subquery(),
+    _NEWEST.with_only_columns(AuditEntry.hash).scalar_subquery(),
+    select(func.max(AuditHead.seq)).scalar_subquery(),
+)
+_INSERT_ENTRY = insert(AuditEntry)
+_INSERT_HEAD = insert(AuditHead)
 
 # First key of the PostgreSQL advisory lock taken by appenders: "civi" as a 32-bit integer.
 _PG_LOCK_CLASS = int.from_bytes(b"civi", "big")
@@ -392,6 +408,23 @@ _HEAD_COLUMNS = (
 )
 
 
+class AppendTransaction:
+    """An open append transaction (see :meth:`AuditLog.appending`)."""
+
+    def __init__(self, log: AuditLog, conn: Connection):
+        self.log, self.conn = log, conn
+        self.head: SignedHead | None = None
+
+    def append(self, entries: Sequence[AuditEvent], at: dt.datetime) -> list[int]:
+        """Append events, all at time ``at``; returns their seqs."""
+        if not entries:
+            return []
+        seqs, head = self.log._append_rows(self.conn, entries, at)
+        if head is not None:
+            self.head = head
+        return seqs
+
+
 class AuditLog:
     """The tamper-evident audit log in the operational database.
 
@@ -411,6 +444,7 @@ class AuditLog:
     ) -> None:
         self.engine = engine
         self.anchor_file = anchor_file
+        self._anchor_synced = float("-inf")
         self._signing_key = signing_key
         self._key_id = key_id(signing_key.public_key()) if signing_key is not None else None
 
@@ -438,56 +472,72 @@ class AuditLog:
         """
         if not entries:
             return []
-        moment = to_local(at)
-        details = [event.detail_json() for event in entries]
-        head: SignedHead | None = None
+        with self.appending() as tx:
+            return tx.append(entries, at)
+
+    @contextlib.contextmanager
+    def appending(self) -> Iterator[AppendTransaction]:
+        """One transaction holding the append lock, for appends and for other writes that
+        must commit with them (the recorder's access rows, on ``.conn``). Signed heads reach
+        the anchor file after the commit and before the lock is released, so anchor lines
+        stay in seq order and never name an entry that was rolled back."""
         with _APPEND_LOCK:
             with self.engine.begin() as conn:
                 self._lock_for_append(conn)
-                seq, prev = self._tail(conn)
-                rows: list[dict[str, Any]] = []
-                for event, detail in zip(entries, details, strict=True):
-                    seq += 1
-                    digest = entry_hash(
-                        prev,
-                        seq,
-                        moment,
-                        event.actor,
-                        event.role,
-                        event.action,
-                        event.subject,
-                        detail,
-                    )
-                    rows.append(
-                        {
-                            "seq": seq,
-                            "at": moment,
-                            "actor": event.actor,
-                            "role": event.role,
-                            "action": event.action,
-                            "subject": event.subject,
-                            "detail": detail,
-                            "prev_hash": prev,
-                            "hash": digest,
-                        }
-                    )
-                    prev = digest
-                conn.execute(insert(AuditEntry), rows)
-                if self._signing_key is not None and self._key_id is not None:
-                    signature = sign_head(self._signing_key, seq, prev, moment)
-                    head = SignedHead(seq, prev, moment, self._key_id, signature)
-                    conn.execute(
-                        insert(AuditHead).values(
-                            seq=head.seq,
-                            hash=head.hash,
-                            signed_at=head.signed_at,
-                            key_id=head.key_id,
-                            signature=head.signature,
-                        )
-                    )
-            if head is not None and self.anchor_file is not None:
-                self._write_anchor(head)
-        return [row["seq"] for row in rows]
+                tx = AppendTransaction(self, conn)
+                yield tx
+            if tx.head is not None and self.anchor_file is not None:
+                self._write_anchor(tx.head)
+
+    def _append_rows(
+        self, conn: Connection, entries: Sequence[AuditEvent], at: dt.datetime
+    ) -> tuple[list[int], SignedHead | None]:
+        moment = to_local(at)
+        details = [event.detail_json() for event in entries]
+        head: SignedHead | None = None
+        seq, prev = self._tail(conn)
+        rows: list[dict[str, Any]] = []
+        for event, detail in zip(entries, details, strict=True):
+            seq += 1
+            digest = entry_hash(
+                prev,
+                seq,
+                moment,
+                event.actor,
+                event.role,
+                event.action,
+                event.subject,
+                detail,
+            )
+            rows.append(
+                {
+                    "seq": seq,
+                    "at": moment,
+                    "actor": event.actor,
+                    "role": event.role,
+                    "action": event.action,
+                    "subject": event.subject,
+                    "detail": detail,
+                    "prev_hash": prev,
+                    "hash": digest,
+                }
+            )
+            prev = digest
+        conn.execute(_INSERT_ENTRY, rows)
+        if self._signing_key is not None and self._key_id is not None:
+            signature = sign_head(self._signing_key, seq, prev, moment)
+            head = SignedHead(seq, prev, moment, self._key_id, signature)
+            conn.execute(
+                _INSERT_HEAD,
+                {
+                    "seq": head.seq,
+                    "hash": head.hash,
+                    "signed_at": head.signed_at,
+                    "key_id": head.key_id,
+                    "signature": head.signature,
+                },
+            )
+        return [row["seq"] for row in rows], head
 
     def _lock_for_append(self, conn: Connection) -> None:
         dialect = conn.dialect.name
@@ -521,15 +571,7 @@ class AuditLog:
                 deleted one and its head would collide with the old head; say so rather than
                 fail on a primary key.
         """
-        newest = select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)
-        # Three scalar subqueries in one SELECT: one round trip on the service's hot path.
-        last_seq, last_hash, top = conn.execute(
-            select(
-                newest.with_only_columns(AuditEntry.seq).scalar_subquery(),
-                newest.with_only_columns(AuditEntry.hash).scalar_subquery(),
-                select(func.max(AuditHead.seq)).scalar_subquery(),
-            )
-        ).one()
+        last_seq, last_hash, top = conn.execute(_TAIL).one()
         seq = int(last_seq) if last_seq is not None else 0
         if top is not None and top > seq:
             raise AuditLogBroken(
@@ -546,7 +588,14 @@ class AuditLog:
             with self.anchor_file.open("a", encoding="utf-8") as fh:
                 fh.write(head.to_json() + "\n")
                 fh.flush()
-                os.fsync(fh.fileno())
+                # At most one fsync a second: the line is in the page cache already, safe from
+                # anyone editing the database, and a crash that loses the newest lines only
+                # makes the anchor lag, which verification tolerates. An fsync per head put
+                # a second disk flush on every eligibility answer.
+                now = time.monotonic()
+                if now - self._anchor_synced >= ANCHOR_SYNC_SECONDS:
+                    os.fsync(fh.fileno())
+                    self._anchor_synced = now
         except OSError:
             # The entries are committed; failing the caller now would make it believe the
             # action was not logged. The anchor just lags, which verification tolerates.

@@ -46,6 +46,14 @@ class Served:
         return (self.since is None or self.since <= at) and (self.until is None or at < self.until)
 
 
+@dataclass(frozen=True, slots=True)
+class BatchAnswers:
+    """Allowed and the first reason code, per subject of a batch, in the order asked."""
+
+    allowed: list[bool]
+    reason_codes: list[str | None]
+
+
 class DecisionIndex:
     """Pseudonym → active listings, answering :func:`decide` without touching the store."""
 
@@ -124,6 +132,20 @@ class DecisionIndex:
             if service in self._grants[s.listing] and s.active_at(at):
                 return True, None
         return False, self._not_granted.get(service)
+
+    def quick_many(self, pseudonyms: Sequence[str], service: str, at: dt.datetime) -> BatchAnswers:
+        """:meth:`quick` for many subjects. Most subjects have no listing at all: they get the
+        service's default answer, and only those the index holds are looked at one by one."""
+        restriction = self.rb.services[service].kind == "restriction"
+        n = len(pseudonyms)
+        allowed = [restriction] * n
+        codes: list[str | None] = [None if restriction else self._not_granted.get(service)] * n
+        held = self.by_subject.keys() & set(pseudonyms)
+        if held:
+            for i, p in enumerate(pseudonyms):
+                if p in held:
+                    allowed[i], codes[i] = self.quick(p, service, at)
+        return BatchAnswers(allowed, codes)
 
     def entries(self) -> Iterable[tuple[str, Served]]:
         for pseudonym, served in self.by_subject.items():

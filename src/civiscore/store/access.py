@@ -1,0 +1,197 @@
+"""The access log: who checked a subject, when, for which service, with what answer.
+
+Every answer is committed here before it is given. A single check is one row of
+``access_log``. A batch check is one packed row of ``access_batches`` (see
+:class:`~civiscore.store.operational.AccessBatch`), which the recorder later moves into
+``access_log`` a slice at a time, sorted by subject, when no request is waiting. Readers see
+both, so a subject's log is complete from the moment the answer was given.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from civiscore.ids import PSEUDONYM_HEX_CHARS
+from civiscore.store.operational import Access, AccessBatch
+
+W = PSEUDONYM_HEX_CHARS
+# A batch this large or larger is packed; smaller ones are written row by row.
+PACK_FROM = 32
+# Subjects moved per transaction: small enough that a check arriving meanwhile waits a few
+# milliseconds, not the seconds a 100,000-row move would take.
+MOVE_SLICE = 2_000
+# answers[k] is picked by chr(_PICK0 + k); "0" keeps the column printable.
+_PICK0 = ord("0")
+
+
+@dataclass
+class Accesses:
+    """The answers one request gave, all by one party for one service at one time."""
+
+    at: dt.datetime
+    party: str
+    service: str
+    subjects: Sequence[str]
+    allowed: Sequence[bool]
+    reason_codes: Sequence[str | None]
+
+    def __len__(self) -> int:
+        return len(self.subjects)
+
+
+@dataclass(frozen=True)
+class AccessRow:
+    """One access as a subject sees it."""
+
+    at: dt.datetime
+    party: str
+    service: str
+    allowed: bool
+    reason_code: str | None
+
+
+class AccessWriter:
+    """Writes :class:`Accesses` inside a caller's transaction."""
+
+    def __init__(self) -> None:
+        self._insert_sql: str | None = None
+
+    def write(self, conn: Connection, a: Accesses) -> None:
+        if len(a) >= PACK_FROM:
+            self._pack(conn, a)
+        elif len(a):
+            self._rows(conn, a.at, a.party, a.service, a.subjects, a.allowed, a.reason_codes)
+
+    def _pack(self, conn: Connection, a: Accesses) -> None:
+        pairs = list(zip(a.allowed, a.reason_codes, strict=True))
+        answers = sorted(set(pairs), key=lambda p: (p[0], p[1] or ""))
+        pick = {p: chr(_PICK0 + k) for k, p in enumerate(answers)}
+        subjects = "".join(a.subjects)
+        if len(subjects) != W * len(a):
+            raise ValueError(f"pseudonyms must have {W} characters to be packed")
+        conn.execute(
+            insert(AccessBatch),
+            {
+                "at": a.at,
+                "party": a.party,
+                "service": a.service,
+                "size": len(a),
+                "moved": 0,
+                "subjects": subjects,
+                "answers": json.dumps([list(p) for p in answers]),
+                "picks": "".join(map(pick.__getitem__, pairs)),
+            },
+        )
+
+    def _rows(
+        self,
+        conn: Connection,
+        at: dt.datetime,
+        party: str,
+        service: str,
+        subjects: Sequence[str],
+        allowed: Sequence[bool],
+        codes: Sequence[str | None],
+    ) -> None:
+        # The driver's executemany over plain tuples, `at` bound once the way SQLAlchemy
+        # stores a DateTime: building and binding a dict per row through SQLAlchemy cost
+        # more than deciding them.
+        if self._insert_sql is None:
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            columns = ("at", "party", "service", "subject", "allowed", "reason_code")
+            self._insert_sql = (
+                f"INSERT INTO {Access.__tablename__} ({', '.join(columns)}) "
+                f"VALUES ({', '.join([mark] * len(columns))})"
+            )
+        bind = Access.__table__.c.at.type.bind_processor(conn.dialect)
+        stored_at = bind(at) if bind is not None else at
+        n = len(subjects)
+        rows = list(
+            zip([stored_at] * n, [party] * n, [service] * n, subjects, allowed, codes, strict=True)
+        )
+        conn.exec_driver_sql(self._insert_sql, rows)
+
+    def move_slice(self, conn: Connection) -> bool:
+        """Move the next slice of the oldest packed batch into ``access_log``; False when
+        nothing is left to move."""
+        table = AccessBatch.__table__
+        b = conn.execute(select(table).order_by(table.c.id).limit(1)).first()
+        if b is None:
+            return False
+        start, stop = b.moved, min(b.size, b.moved + MOVE_SLICE)
+        answers = [(bool(a), c) for a, c in json.loads(b.answers)]
+        part = sorted((b.subjects[i * W : (i + 1) * W], b.picks[i]) for i in range(start, stop))
+        subjects = [s for s, _ in part]
+        chosen = [answers[ord(p) - _PICK0] for _, p in part]
+        self._rows(
+            conn,
+            b.at,
+            b.party,
+            b.service,
+            subjects,
+            [a for a, _ in chosen],
+            [c for _, c in chosen],
+        )
+        if stop >= b.size:
+            conn.execute(delete(AccessBatch).where(AccessBatch.id == b.id))
+        else:
+            conn.execute(update(AccessBatch).where(AccessBatch.id == b.id).values(moved=stop))
+        return True
+
+
+def pending(session: Session, subject: str) -> list[AccessRow]:
+    """A subject's accesses still packed in ``access_batches``."""
+    out: list[AccessRow] = []
+    rows = session.scalars(
+        select(AccessBatch).where(AccessBatch.subjects.contains(subject, autoescape=True))
+    )
+    for b in rows:
+        answers = json.loads(b.answers)
+        at = b.subjects.find(subject, b.moved * W)
+        while at >= 0:
+            if at % W == 0:  # a whole pseudonym, not the end of one and the start of the next
+                allowed, code = answers[ord(b.picks[at // W]) - _PICK0]
+                out.append(AccessRow(b.at, b.party, b.service, bool(allowed), code))
+            at = b.subjects.find(subject, at + 1)
+    return out
+
+
+def of_subject(session: Session, subject: str, limit: int, offset: int) -> list[AccessRow]:
+    """A subject's accesses, newest first (packed ones included)."""
+    waiting = pending(session, subject)
+    stored = session.execute(
+        select(Access.at, Access.party, Access.service, Access.allowed, Access.reason_code)
+        .where(Access.subject == subject)
+        .order_by(Access.at.desc(), Access.id.desc())
+        .limit(limit + offset + len(waiting))
+    ).all()
+    rows = [AccessRow(*r) for r in stored]
+    # Packed accesses will get ids above every stored one: among equal times they are newer.
+    merged = sorted(
+        [(r.at, 1, -i, r) for i, r in enumerate(waiting)]
+        + [(r.at, 0, -i, r) for i, r in enumerate(rows)],
+        key=lambda t: (t[0], t[1], t[2]),
+        reverse=True,
+    )
+    return [t[3] for t in merged][offset : offset + limit]
+
+
+def counts(session: Session) -> tuple[int, int]:
+    """All accesses and the denied ones, packed ones included."""
+    checks = session.scalar(select(func.count()).select_from(Access)) or 0
+    denied = (
+        session.scalar(select(func.count()).select_from(Access).where(Access.allowed.is_(False)))
+        or 0
+    )
+    for b in session.scalars(select(AccessBatch)):
+        answers = json.loads(b.answers)
+        left = b.picks[b.moved :]
+        checks += len(left)
+        denied += sum(left.count(chr(_PICK0 + k)) for k, (a, _) in enumerate(answers) if not a)
+    return checks, denied
