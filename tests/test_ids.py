@@ -12,6 +12,7 @@ import re
 from collections.abc import Callable, Iterator
 
 import duckdb
+import pyarrow as pa
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -30,6 +31,7 @@ from civiscore.ids import (
     subject_type,
     uscc_check_char,
     uscc_valid_sql,
+    valid_ids,
 )
 
 RESIDENT = "11010519491231002X"  # the GB 11643-1999 worked example
@@ -321,3 +323,29 @@ def test_full_width_digits_are_not_a_valid_resident_id(con: duckdb.DuckDBPyConne
 
 def test_superscript_digit_is_simply_not_a_resident_id() -> None:
     assert not is_resident_id("²" + RESIDENT[1:])
+
+
+@PROFILE
+@given(
+    st.tuples(
+        _candidates(resident_ids(), NEAR_RESIDENT, resident_check_char, DIGITS),
+        _candidates(usccs(), NEAR_USCC, uscc_check_char, USCC_ALPHABET),
+        st.lists(st.text(max_size=20), max_size=5),
+    ).map(lambda t: t[0] + t[1] + t[2])
+)
+@example(
+    [
+        RESIDENT,
+        USCC,
+        "110105200002290021",
+        "11010500000101002" + resident_check_char("11010500000101002"),  # year 0000
+        "11010519000229002" + resident_check_char("11010519000229002"),  # not a leap year
+        "11010520000229002" + resident_check_char("11010520000229002"),  # a leap year
+        "",
+        "０" * 18,
+    ]
+)
+def test_valid_ids_agrees_with_python(values: list[str]) -> None:
+    # The batch check's vectorised validation is the per-ID functions, many at a time.
+    flags = valid_ids(pa.array(values, pa.string())).tolist()
+    assert flags == [is_resident_id(v) or is_uscc(v) for v in values]

@@ -20,6 +20,11 @@ import hashlib
 import hmac
 from typing import Literal
 
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
 SubjectType = Literal["person", "organisation"]
 
 RESIDENT_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
@@ -132,6 +137,58 @@ def _pads(key: bytes) -> tuple[bytes, bytes]:
         key = hashlib.sha256(key).digest()
     key = key.ljust(block, b"\0")
     return bytes(b ^ 0x36 for b in key), bytes(b ^ 0x5C for b in key)
+
+
+def valid_ids(values: pa.StringArray | pa.ChunkedArray) -> npt.NDArray[np.bool_]:
+    """Which of many trimmed, upper-cased IDs are a valid resident ID or credit code, at once.
+
+    The same checks as :func:`is_resident_id` and :func:`is_uscc` (pinned by a property test),
+    on an ``n x 18`` byte matrix: a batch check validates 100,000 IDs in milliseconds.
+    """
+    arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    n = len(arr)
+    ok = np.zeros(n, dtype=np.bool_)
+    lengths = pc.fill_null(pc.binary_length(arr.cast(pa.binary())), 0).to_numpy()
+    rows = np.flatnonzero(lengths == 18)
+    if rows.size == 0:
+        return ok
+    picked = arr if rows.size == n else arr.take(pa.array(rows))
+    fixed = picked.cast(pa.binary()).cast(pa.binary(18))
+    data = np.frombuffer(fixed.buffers()[1], dtype=np.uint8)
+    m = data[fixed.offset * 18 : (fixed.offset + len(fixed)) * 18].reshape(-1, 18)
+    resident = _resident_rows(m)
+    other = np.flatnonzero(~resident)  # only what is not a resident ID pays for the USCC check
+    resident[other] = _uscc_rows(m[other])
+    ok[rows] = resident
+    return ok
+
+
+def _resident_rows(m: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    d = m[:, :17].astype(np.int32) - ord("0")
+    digits: npt.NDArray[np.bool_] = np.asarray(((d >= 0) & (d <= 9)).all(axis=1))
+    d = np.where(digits[:, None], d, 0)
+    year = d[:, 6] * 1000 + d[:, 7] * 100 + d[:, 8] * 10 + d[:, 9]
+    month = d[:, 10] * 10 + d[:, 11]
+    day = d[:, 12] * 10 + d[:, 13]
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_days = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31])
+    last = month_days[np.clip(month, 0, 12)] + ((month == 2) & leap)
+    real_date = (year >= 1) & (month >= 1) & (month <= 12) & (day >= 1) & (day <= last)
+    expected = np.frombuffer(RESIDENT_CHECK.encode(), dtype=np.uint8)[
+        (d * np.array(RESIDENT_WEIGHTS, dtype=np.int32)).sum(axis=1) % 11
+    ]
+    return digits & real_date & (m[:, 17] == expected)  # type: ignore[no-any-return]
+
+
+_USCC_VALUE = np.full(256, -1, dtype=np.int32)
+_USCC_VALUE[np.frombuffer(USCC_ALPHABET.encode(), dtype=np.uint8)] = np.arange(len(USCC_ALPHABET))
+
+
+def _uscc_rows(m: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
+    v = _USCC_VALUE[m]
+    known: npt.NDArray[np.bool_] = np.asarray((v >= 0).all(axis=1))
+    total = (np.where(known[:, None], v[:, :17], 0) * np.array(USCC_WEIGHTS, np.int32)).sum(axis=1)
+    return known & ((31 - total % 31) % 31 == v[:, 17])  # type: ignore[no-any-return]
 
 
 def pseudonym_sql(key: bytes, column: str) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
@@ -30,13 +31,7 @@ from civiscore.audit.signing import (
 from civiscore.decisions.check import Decision, UnknownService
 from civiscore.decisions.index import BatchAnswers, DecisionIndex
 from civiscore.home import load_key
-from civiscore.ids import (
-    pseudonym,
-    pseudonym_sql,
-    resident_valid_sql,
-    subject_type,
-    uscc_valid_sql,
-)
+from civiscore.ids import pseudonym, pseudonym_sql, subject_type, valid_ids
 from civiscore.ingest.readers import FIELDS, RAW_SCHEMA
 from civiscore.ingest.validate import validate
 from civiscore.recorder import Recorder
@@ -446,13 +441,12 @@ class Service(Operations):
         return answers, suspended
 
     def _pseudonyms(self, raw_ids: Sequence[str]) -> list[str]:
-        """Validate and pseudonymise many IDs in one SQL statement (the ingest's own checks)."""
+        """Validate and pseudonymise many IDs at once: the ingest's normalisation and keyed
+        hash in one SQL statement, the ID checks on a byte matrix (``ids.valid_ids``, a
+        third of the time the same checks took in SQL)."""
         table = pa.table({"raw": pa.array(list(raw_ids), pa.string())})
         sql = f"""
-            SELECT {pseudonym_sql(self.pseudonym_key, "v")} AS p,
-                   -- CASE, not OR: only IDs that are not resident IDs pay for the USCC check
-                   CASE WHEN {resident_valid_sql("v")} THEN true
-                        ELSE {uscc_valid_sql("v")} END AS ok
+            SELECT {pseudonym_sql(self.pseudonym_key, "v")} AS p, v
             FROM (SELECT upper(trim(raw)) AS v FROM batch_ids)"""
         with self._ids_lock:
             self._ids.register("batch_ids", table)
@@ -460,9 +454,9 @@ class Service(Operations):
                 result = self._ids.sql(sql).to_arrow_table()
             finally:
                 self._ids.unregister("batch_ids")
-        ok = result.column("ok").to_pylist()
-        if not all(ok):
-            bad = ok.index(False)
+        ok = valid_ids(result.column("v"))
+        if not ok.all():
+            bad = int(np.argmin(ok))
             self._pseudonym(raw_ids[bad], f"subject_ids[{bad}]")  # raises with the reason
             raise Invalid(f"subject_ids[{bad}] is not a valid ID", f"subject_ids[{bad}]")
         return [str(p) for p in result.column("p").to_pylist()]

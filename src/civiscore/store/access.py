@@ -25,7 +25,7 @@ W = PSEUDONYM_HEX_CHARS
 PACK_FROM = 32
 # Subjects moved per transaction: small enough that a check arriving meanwhile waits a few
 # milliseconds, not the seconds a 100,000-row move would take.
-MOVE_SLICE = 2_000
+MOVE_SLICE = 500
 # answers[k] is picked by chr(_PICK0 + k); "0" keeps the column printable.
 _PICK0 = ord("0")
 
