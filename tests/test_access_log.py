@@ -31,7 +31,8 @@ batch = st.lists(answer, min_size=1, max_size=2 * access.PACK_FROM)
 def test_packed_and_moved_accesses_read_the_same(
     batches: list[list[tuple[int, bool, int]]], moves: int
 ) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(access, "MOVE_SLICE", 7)  # batches span several packed rows
         engine = make_engine(f"sqlite:///{Path(tmp) / 'ops.db'}")
         migrate.upgrade(engine)
         writer = AccessWriter()
@@ -52,12 +53,10 @@ def test_packed_and_moved_accesses_read_the_same(
                 expected[SUBJECTS[s]].append(
                     AccessRow(at, f"party{n}", "high_speed_rail", ok, CODES[c])
                 )
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(access, "MOVE_SLICE", 7)
-            for _ in range(moves):
-                with engine.begin() as conn:
-                    if not writer.move_slice(conn):
-                        break
+        for _ in range(moves):
+            with engine.begin() as conn:
+                if not writer.move_slice(conn):
+                    break
         with Session(engine) as session:
             for s in SUBJECTS:
                 got = access.of_subject(session, s, 1000, 0)
@@ -79,10 +78,13 @@ def test_moving_empties_the_packed_table_in_slices(tmp_path: Path) -> None:
         writer.write(
             conn, Accesses(T0, "rail", "high_speed_rail", [SUBJECTS[0]] * n, [True] * n, [None] * n)
         )
+    with Session(engine) as session:
+        assert session.scalars(select(AccessBatch.size)).all() == [access.MOVE_SLICE, 5]
     with engine.begin() as conn:
         assert writer.move_slice(conn) is True
     with Session(engine) as session:
-        assert session.scalar(select(AccessBatch.moved)) == access.MOVE_SLICE
+        assert session.scalars(select(AccessBatch.size)).all() == [5]
+        assert len(access.of_subject(session, SUBJECTS[0], 10_000, 0)) == n
     with engine.begin() as conn:
         assert writer.move_slice(conn) is True
         assert writer.move_slice(conn) is False

@@ -8,6 +8,7 @@ moment; every write and every eligibility answer is appended to the audit log.
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -242,6 +243,11 @@ class Service(Operations):
             self._persist_served(sids, at)
             if sids is None:
                 self._keep_rulebook_copy(at)
+                # The index is hundreds of thousands of long-lived objects: left to the cyclic
+                # collector, every full collection walks them all and stalls every request in
+                # flight (tens of milliseconds at 100,000 residents). They hold no cycles.
+                gc.collect()
+                gc.freeze()
         return self.index
 
     def _keep_rulebook_copy(self, at: dt.datetime) -> None:

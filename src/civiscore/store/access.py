@@ -3,8 +3,8 @@
 Every answer is committed here before it is given. A single check is one row of
 ``access_log``. A batch check is one packed row of ``access_batches`` (see
 :class:`~civiscore.store.operational.AccessBatch`), which the recorder later moves into
-``access_log`` a slice at a time, sorted by subject, when no request is waiting. Readers see
-both, so a subject's log is complete from the moment the answer was given.
+``access_log``, sorted by subject, one row (one slice of the batch) at a time when no request is
+waiting. Readers see both, so a subject's log is complete from the moment the answer was given.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import Connection, delete, func, insert, select, update
+from sqlalchemy import Connection, delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from civiscore.ids import PSEUDONYM_HEX_CHARS
@@ -23,8 +23,8 @@ from civiscore.store.operational import Access, AccessBatch
 W = PSEUDONYM_HEX_CHARS
 # A batch this large or larger is packed; smaller ones are written row by row.
 PACK_FROM = 32
-# Subjects moved per transaction: small enough that a check arriving meanwhile waits a few
-# milliseconds, not the seconds a 100,000-row move would take.
+# Subjects per packed row, and so per move: small enough that a check arriving meanwhile waits
+# a few milliseconds, not the seconds a 100,000-row move would take.
 MOVE_SLICE = 500
 # answers[k] is picked by chr(_PICK0 + k); "0" keeps the column printable.
 _PICK0 = ord("0")
@@ -75,18 +75,22 @@ class AccessWriter:
         subjects = "".join(a.subjects)
         if len(subjects) != W * len(a):
             raise ValueError(f"pseudonyms must have {W} characters to be packed")
+        picks = "".join(map(pick.__getitem__, pairs))
+        encoded = json.dumps([list(p) for p in answers])
         conn.execute(
             insert(AccessBatch),
-            {
-                "at": a.at,
-                "party": a.party,
-                "service": a.service,
-                "size": len(a),
-                "moved": 0,
-                "subjects": subjects,
-                "answers": json.dumps([list(p) for p in answers]),
-                "picks": "".join(map(pick.__getitem__, pairs)),
-            },
+            [
+                {
+                    "at": a.at,
+                    "party": a.party,
+                    "service": a.service,
+                    "size": len(picks[i : i + MOVE_SLICE]),
+                    "subjects": subjects[i * W : (i + MOVE_SLICE) * W],
+                    "answers": encoded,
+                    "picks": picks[i : i + MOVE_SLICE],
+                }
+                for i in range(0, len(a), MOVE_SLICE)
+            ],
         )
 
     def _rows(
@@ -118,30 +122,24 @@ class AccessWriter:
         conn.exec_driver_sql(self._insert_sql, rows)
 
     def move_slice(self, conn: Connection) -> bool:
-        """Move the next slice of the oldest packed batch into ``access_log``; False when
-        nothing is left to move."""
+        """Move the oldest packed row into ``access_log``; False when none is left."""
         table = AccessBatch.__table__
         b = conn.execute(select(table).order_by(table.c.id).limit(1)).first()
         if b is None:
             return False
-        start, stop = b.moved, min(b.size, b.moved + MOVE_SLICE)
         answers = [(bool(a), c) for a, c in json.loads(b.answers)]
-        part = sorted((b.subjects[i * W : (i + 1) * W], b.picks[i]) for i in range(start, stop))
-        subjects = [s for s, _ in part]
+        part = sorted((b.subjects[i * W : (i + 1) * W], b.picks[i]) for i in range(b.size))
         chosen = [answers[ord(p) - _PICK0] for _, p in part]
         self._rows(
             conn,
             b.at,
             b.party,
             b.service,
-            subjects,
+            [s for s, _ in part],
             [a for a, _ in chosen],
             [c for _, c in chosen],
         )
-        if stop >= b.size:
-            conn.execute(delete(AccessBatch).where(AccessBatch.id == b.id))
-        else:
-            conn.execute(update(AccessBatch).where(AccessBatch.id == b.id).values(moved=stop))
+        conn.execute(delete(AccessBatch).where(AccessBatch.id == b.id))
         return True
 
 
@@ -153,7 +151,7 @@ def pending(session: Session, subject: str) -> list[AccessRow]:
     )
     for b in rows:
         answers = json.loads(b.answers)
-        at = b.subjects.find(subject, b.moved * W)
+        at = b.subjects.find(subject)
         while at >= 0:
             if at % W == 0:  # a whole pseudonym, not the end of one and the start of the next
                 allowed, code = answers[ord(b.picks[at // W]) - _PICK0]
@@ -191,7 +189,6 @@ def counts(session: Session) -> tuple[int, int]:
     )
     for b in session.scalars(select(AccessBatch)):
         answers = json.loads(b.answers)
-        left = b.picks[b.moved :]
-        checks += len(left)
-        denied += sum(left.count(chr(_PICK0 + k)) for k, (a, _) in enumerate(answers) if not a)
+        checks += b.size
+        denied += sum(b.picks.count(chr(_PICK0 + k)) for k, (a, _) in enumerate(answers) if not a)
     return checks, denied

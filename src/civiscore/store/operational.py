@@ -104,15 +104,14 @@ class Access(Base):
 
 
 class AccessBatch(Base):
-    """A batch check's accesses, committed as one row before the answers are given, then moved
-    into ``access_log`` (sorted by subject, a slice at a time) by the recorder when it is idle.
+    """A slice of a batch check's accesses, committed packed before the answers are given, then
+    moved into ``access_log`` (sorted by subject) by the recorder when it is idle.
 
-    Inserting 100,000 rows into the subject index of ``access_log`` takes seconds; one row
-    takes milliseconds. Until a slice is moved, readers find a subject's pending accesses here:
-    ``subjects`` is the pseudonyms laid end to end (32 characters each), ``picks`` one
+    Inserting 100,000 rows into the subject index of ``access_log`` takes seconds; a few packed
+    rows take milliseconds. Until a row is moved, readers find a subject's accesses here:
+    ``subjects`` is ``size`` pseudonyms laid end to end (32 characters each), and ``picks`` one
     character per subject choosing its answer from ``answers`` (JSON ``[[allowed, code],
-    ...]``, indexed from ``"0"``), and the first ``moved`` of them are already in
-    ``access_log``.
+    ...]``, indexed from ``"0"``).
     """
 
     __tablename__ = "access_batches"
@@ -122,7 +121,6 @@ class AccessBatch(Base):
     party: Mapped[str] = mapped_column(String(100))
     service: Mapped[str] = mapped_column(String(60))
     size: Mapped[int] = mapped_column(Integer)
-    moved: Mapped[int] = mapped_column(Integer)
     subjects: Mapped[str] = mapped_column(Text)
     answers: Mapped[str] = mapped_column(Text)
     picks: Mapped[str] = mapped_column(Text)

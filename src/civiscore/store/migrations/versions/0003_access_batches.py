@@ -28,7 +28,6 @@ def upgrade() -> None:
         sa.Column("party", sa.String(length=100), nullable=False),
         sa.Column("service", sa.String(length=60), nullable=False),
         sa.Column("size", sa.Integer(), nullable=False),
-        sa.Column("moved", sa.Integer(), nullable=False),
         sa.Column("subjects", sa.Text(), nullable=False),
         sa.Column("answers", sa.Text(), nullable=False),
         sa.Column("picks", sa.Text(), nullable=False),
