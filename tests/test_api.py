@@ -5,6 +5,7 @@ Every test runs on SQLite and on PostgreSQL (the ``ops_url`` fixture)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from civiscore.api.app import api_spec
 from tests.api_utils import ORG, P1, P2, P3, Api, days_ago, running
+from tests.utils import write_csv
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -418,3 +420,21 @@ def test_a_batch_is_in_each_subjects_access_log_at_once_and_after_it_is_indexed(
     assert len(api.get("p2", "/v1/me/accesses", params={"limit": 5, "offset": 18}).json()) == 2
     after = api.get("auditor", "/v1/stats").json()
     assert (after["checks"], after["checks_denied"]) == (stats["checks"], stats["checks_denied"])
+
+
+def test_records_ingested_beside_the_server_are_served_within_the_refresh_period(
+    tmp_path: Path, ops_url: str
+) -> None:
+    # Records that reach the store without passing through the service's submission (here the
+    # workspace's file ingest, in the server's process) are not refreshed at once; the periodic
+    # refresh (`refresh_seconds`) brings them to the decisions.
+    with running(tmp_path / "home", ops_url, refresh_seconds=1) as a:
+        ask = {"subject_id": P1, "service": "high_speed_rail"}
+        assert a.post("rail", "/v1/eligibility/check", ask).json()["allowed"] is True
+        row = default()
+        row["occurred_at"] = days_ago(30)
+        a.service.ws.ingest("courts", write_csv(tmp_path / "courts.csv", [row]))
+        deadline = time.monotonic() + 10
+        while a.post("rail", "/v1/eligibility/check", ask).json()["allowed"]:
+            assert time.monotonic() < deadline, "not served 10 s after ingestion"
+            time.sleep(0.2)

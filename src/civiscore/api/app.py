@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from civiscore.api import errors
 from civiscore.api.deps import RateLimiter
 from civiscore.api.routes import admin, appeals, audit, eligibility, me, records
 from civiscore.service import Service
 from civiscore.settings import Settings
+
+log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -96,15 +101,34 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def _refresh_periodically(service: Service) -> None:
+    while True:
+        await asyncio.sleep(service.settings.refresh_seconds)
+        try:
+            await run_in_threadpool(service.refresh)
+        except Exception:  # the decisions served so far stay; try again next period
+            log.exception("periodic refresh of served decisions failed")
+
+
 def create_app(service: Service | None, *, refresh_on_start: bool = True) -> FastAPI:
     """The API over an opened :class:`Service` (None: only to render the OpenAPI document)."""
     settings = service.settings if service is not None else Settings()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        if service is not None and refresh_on_start and service.index is None:
+        if service is None:
+            yield
+            return
+        if refresh_on_start and service.index is None:
             service.refresh()
-        yield
+        # Submissions through the API refresh the subjects they touch at once; this catches
+        # the rest: records ingested from files beside the server, and band benefits that
+        # change as records age.
+        task = asyncio.create_task(_refresh_periodically(service))
+        try:
+            yield
+        finally:
+            task.cancel()
 
     app = FastAPI(
         title="civiscore",
