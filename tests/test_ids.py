@@ -22,6 +22,7 @@ from civiscore.ids import (
     RESIDENT_CHECK,
     USCC_ALPHABET,
     InvalidSubjectId,
+    id_types,
     is_resident_id,
     is_uscc,
     pseudonym,
@@ -347,5 +348,8 @@ def test_superscript_digit_is_simply_not_a_resident_id() -> None:
 )
 def test_valid_ids_agrees_with_python(values: list[str]) -> None:
     # The batch check's vectorised validation is the per-ID functions, many at a time.
-    flags = valid_ids(pa.array(values, pa.string())).tolist()
-    assert flags == [is_resident_id(v) or is_uscc(v) for v in values]
+    arr = pa.array(values, pa.string())
+    assert valid_ids(arr).tolist() == [is_resident_id(v) or is_uscc(v) for v in values]
+    assert id_types(arr).tolist() == [
+        1 if is_resident_id(v) else 2 if is_uscc(v) else 0 for v in values
+    ]

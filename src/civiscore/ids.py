@@ -145,22 +145,30 @@ def valid_ids(values: pa.StringArray | pa.ChunkedArray) -> npt.NDArray[np.bool_]
     The same checks as :func:`is_resident_id` and :func:`is_uscc` (pinned by a property test),
     on an ``n x 18`` byte matrix: a batch check validates 100,000 IDs in milliseconds.
     """
+    return id_types(values) != 0  # type: ignore[no-any-return]
+
+
+def id_types(values: pa.StringArray | pa.ChunkedArray) -> npt.NDArray[np.int8]:
+    """Per ID: 1 a valid resident ID, 2 a valid unified social credit code, 0 neither (or null).
+
+    As :func:`valid_ids`; ingestion uses it to tell persons from organisations.
+    """
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     n = len(arr)
-    ok = np.zeros(n, dtype=np.bool_)
+    out = np.zeros(n, dtype=np.int8)
     lengths = pc.fill_null(pc.binary_length(arr.cast(pa.binary())), 0).to_numpy()
     rows = np.flatnonzero(lengths == 18)
     if rows.size == 0:
-        return ok
+        return out
     picked = arr if rows.size == n else arr.take(pa.array(rows))
     fixed = picked.cast(pa.binary()).cast(pa.binary(18))
     data = np.frombuffer(fixed.buffers()[1], dtype=np.uint8)
     m = data[fixed.offset * 18 : (fixed.offset + len(fixed)) * 18].reshape(-1, 18)
-    resident = _resident_rows(m)
-    other = np.flatnonzero(~resident)  # only what is not a resident ID pays for the USCC check
-    resident[other] = _uscc_rows(m[other])
-    ok[rows] = resident
-    return ok
+    kind = _resident_rows(m).astype(np.int8)
+    other = np.flatnonzero(kind == 0)  # only what is not a resident ID pays for the USCC check
+    kind[other] = _uscc_rows(m[other]).astype(np.int8) * 2
+    out[rows] = kind
+    return out
 
 
 def _resident_rows(m: npt.NDArray[np.uint8]) -> npt.NDArray[np.bool_]:
