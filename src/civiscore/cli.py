@@ -791,7 +791,7 @@ def rulebook_diff(
                     years=years,
                     seed=seed,
                     start=first,
-                    params=Parameters(warmup_years=min(3, years + 1)),
+                    params=Parameters(warmup_years=1),
                 )
     if json_out:
         _print_json(

@@ -87,7 +87,8 @@ class Chart:
                     self.series[label],
                     label=label,
                     color=self.colours.get(label, COLOURS[i % len(COLOURS)]),
-                    linestyle=STYLES[(i // len(COLOURS)) % len(STYLES)],
+                    # Styles differ between neighbours too, so equal series stay visible.
+                    linestyle=STYLES[i % len(STYLES)],
                     linewidth=1.8,
                     marker="o" if len(positions) <= 12 else None,
                     markersize=3,
@@ -108,7 +109,7 @@ class Chart:
         ax.set_title(self.title, fontsize=11, loc="left", wrap=True)
         ax.set_xlabel(self.xlabel, fontsize=9)
         ax.set_ylabel(self.ylabel, fontsize=9)
-        step = max(1, math.ceil(len(positions) / 14))
+        step = 1 if self.kind == "bar" else max(1, math.ceil(len(positions) / 14))
         ax.set_xticks(positions[::step])
         rotate = 45 if max((len(s) for s in self.x), default=0) > 4 else 0
         ax.set_xticklabels(self.x[::step], rotation=rotate, ha="right" if rotate else "center")

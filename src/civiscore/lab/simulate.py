@@ -46,6 +46,8 @@ ATTRIBUTES = ("district", "age_band", "income_decile", "hukou")
 # evidence of adverse impact. For an adverse outcome the same test compares the least-affected
 # group's rate with the group's: below 0.8 when the group is listed 1.25 times as often or more.
 FOUR_FIFTHS = 0.8
+# A group is a reference for the four-fifths test if this many affected are expected in it.
+MIN_EXPECTED = 5
 # Two-sided 95 % critical value of the standard normal distribution.
 Z_95 = 1.96
 # Grave offences with no rule window of their own are followed for three years.
@@ -521,25 +523,32 @@ def _ratios(
     """The four-fifths test within each attribute (and service, when rows carry one).
 
     Favourable outcome: the group's rate over the highest group's rate. Adverse outcome: the
-    lowest group's rate over the group's rate. A ratio below 0.8 is flagged only when the gap
-    to that reference group is also statistically significant (two-proportion z-test,
-    |z| >= 1.96), because in a small synthetic city the least-affected group's rate is often
-    low by chance alone. ``<ratio>_z`` keeps the z statistic.
+    lowest group's rate over the group's rate. The reference group is chosen among groups big
+    enough to expect :data:`MIN_EXPECTED` affected residents at the overall rate, so a tiny
+    group with no one listed by chance does not make every other group look affected.
+
+    A ratio below 0.8 is flagged only when the group also differs from the rest of the
+    population in the same direction with statistical significance (two-proportion z-test,
+    |z| >= 1.96); ``<ratio>_z`` keeps that z statistic (positive: more often affected).
     """
     keys = sorted({(r["attribute"], r.get("service")) for r in rows}, key=str)
     for key in keys:
         same = [r for r in rows if (r["attribute"], r.get("service")) == key]
-        pick = min if adverse else max
-        reference = pick(same, key=lambda r: r[rate])
+        hits = sum(r[count] for r in same)
+        people = sum(r["residents"] for r in same)
+        overall = hits / people if people else 0.0
+        big = [r for r in same if r["residents"] * overall >= MIN_EXPECTED] or same
+        reference = (min if adverse else max)(big, key=lambda r: r[rate])[rate]
         for r in same:
             if adverse:
-                value = reference[rate] / r[rate] if r[rate] > 0 else 1.0
+                value = min(1.0, reference / r[rate]) if r[rate] > 0 else 1.0
             else:
-                value = r[rate] / reference[rate] if reference[rate] > 0 else 1.0
-            z = two_proportion_z(r[count], r["residents"], reference[count], reference["residents"])
+                value = min(1.0, r[rate] / reference) if reference > 0 else 1.0
+            z = two_proportion_z(r[count], r["residents"], hits - r[count], people - r["residents"])
+            against = z if adverse else -z
             r[ratio] = value
             r[f"{ratio}_z"] = z
-            r[flag] = bool(value < FOUR_FIFTHS and abs(z) >= Z_95)
+            r[flag] = bool(value < FOUR_FIFTHS and against >= Z_95)
 
 
 def two_proportion_z(hits_a: int, n_a: int, hits_b: int, n_b: int) -> float:

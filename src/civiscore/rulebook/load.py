@@ -152,9 +152,7 @@ def parse_yaml(text: str, source: str = "<rulebook>") -> Any:
     return data
 
 
-def _validate(
-    data: Any, source: str, purpose: Purpose
-) -> tuple[Rulebook, list[RulebookProblem]]:
+def _validate(data: Any, source: str, purpose: Purpose) -> tuple[Rulebook, list[RulebookProblem]]:
     if not isinstance(data, dict):
         raise RulebookError(
             [

@@ -36,6 +36,7 @@ class PolicyProblem(NamedTuple):
     path: str
     message: str
 
+
 SANCTIONING_AUTHORITIES = ("court", "regulator")
 
 
