@@ -130,6 +130,24 @@ def test_the_simulation_is_deterministic_for_a_seed(seed: int, residents: int) -
         assert one.tables[name].equals(two.tables[name]), name
 
 
+def test_pruning_inert_records_changes_nothing() -> None:
+    """Records past every clock are deleted each month; the tables must not notice."""
+    params = Parameters(warmup_years=2)
+    sweep = Sweep.parse("rules[transport.drunk_driving].valid_for=P6M,P1Y")
+    data = parse_yaml(demo_rulebook_path().read_text(encoding="utf-8"))
+    short = [
+        Scenario.of(f"v{t}", rb, "d", text, w, "sweep", t)
+        for t, rb, w, text in sweep.variants(data, "d", "production")
+    ]
+    runs = [
+        simulate([DEMO, NAIVE, *short], residents=1_500, years=1, seed=11, start=START,
+                 params=params, prune=prune)
+        for prune in (True, False)
+    ]  # fmt: skip
+    for name in runs[0].tables:
+        assert runs[0].tables[name].equals(runs[1].tables[name]), name
+
+
 def test_another_seed_gives_another_city() -> None:
     one = simulate([DEMO], residents=1_000, years=1, seed=1, start=START, params=FAST)
     two = simulate([DEMO], residents=1_000, years=1, seed=2, start=START, params=FAST)

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from civiscore.engine.duckdb_engine import DuckDBEngine
+from civiscore.engine.incremental import shift_days
 from civiscore.engine.plan import band_sql, interval
 from civiscore.lab import behaviour
 from civiscore.lab.behaviour import OpenJudgments, Parameters, Population
@@ -141,6 +142,68 @@ def grave_offences(rb: Rulebook) -> dict[str, Duration]:
     return out
 
 
+def horizons(rb: Rulebook) -> dict[str, int | None]:
+    """Days after which a record of each kind can no longer change any answer (None: never).
+
+    A record matters at T only while one of its clocks runs: a rule's ``valid_for`` (it still
+    counts), a decision listing's ``duration`` (it is the decision, or the settlement that ends
+    it), or a conduct listing's ``within`` plus ``duration`` (it can still be in the window of an
+    instance that runs at T). Everything in the plan compares those ends with T as "> T", so a
+    record whose every clock ended by one month-end is inert at every later one. Merit caps only
+    see records still counting, and a resident left with no record is scored at the base by the
+    lab exactly as the plan would score them. Calendar durations are bounded above in days
+    (:func:`civiscore.engine.incremental.shift_days`), so the horizon errs on keeping records.
+
+    >>> from civiscore.rulebook.load import demo_rulebook_path, load
+    >>> horizons(load(demo_rulebook_path()))["transport.fare_evasion"]  # P12M within + P180D
+    546
+    """
+
+    def days(d: Duration | None) -> int | None:
+        return None if d is None else shift_days(d.months, d.days)[1]
+
+    out: dict[str, int | None] = {}
+
+    def extend(kind: str, span: int | None) -> None:
+        if kind in out and out[kind] is None:
+            return
+        out[kind] = None if span is None else max(out.get(kind) or 0, span)
+
+    for rule in rb.rules:
+        extend(rule.kind, days(rule.valid_for))
+    for lst in rb.listings:
+        trig = lst.trigger
+        span = days(lst.duration)
+        if trig.decision is not None:
+            extend(trig.decision, span)
+            if lst.ended_by is not None:
+                extend(lst.ended_by.kind, span)
+        if trig.conduct is not None:
+            within = days(trig.conduct.within)
+            extend(trig.conduct.kind, None if span is None or within is None else span + within)
+    return out
+
+
+def _prune(run: _Run, end: dt.datetime, offences: dict[str, Duration]) -> None:
+    """Delete the records that can change no later answer (see :func:`horizons`).
+
+    Grave offences are also kept for their window, which section 4 reads from the records.
+    """
+    T = sql_timestamp(end)
+    known = horizons(run.scenario.rulebook)
+    for kind, window in offences.items():
+        if kind in known and known[kind] is not None:
+            known[kind] = max(known[kind] or 0, shift_days(window.months, window.days)[1])
+        elif kind not in known:
+            known[kind] = shift_days(window.months, window.days)[1]
+    finite = [(k, d) for k, d in known.items() if d is not None]
+    conditions = [f"(kind = {_q(k)} AND occurred_at + INTERVAL {d} DAY <= {T})" for k, d in finite]
+    # A kind no rule or listing mentions never matters to the plan.
+    names = ", ".join(_q(k) for k in known) or "NULL"
+    conditions.append(f"kind NOT IN ({names})")
+    run.store.con.execute("DELETE FROM records WHERE " + " OR ".join(conditions))
+
+
 def _q(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
@@ -191,6 +254,7 @@ def simulate(
     progress: Callable[[int, int], None] | None = None,
     threads: int | None = None,
     keep_final_state: bool = False,
+    prune: bool = True,
 ) -> Result:
     """Simulate every scenario on the same city and the same behaviour model.
 
@@ -204,6 +268,8 @@ def simulate(
         progress: Called after each month with (months done, months in all).
         threads: DuckDB threads per store (default: DuckDB's own, the number of cores).
         keep_final_state: Keep each scenario's per-resident state at the last month-end.
+        prune: Drop records whose every clock has run out after each month (same results,
+            less work; see :func:`horizons`).
 
     Returns:
         The tables described in ``docs/policy-lab.md`` and the run's metadata.
@@ -231,6 +297,10 @@ def simulate(
             label = f"{end:%Y-%m}"
             for run in runs:
                 _month(run, pop, params, seed, start, month, end, label, offences, rows, years)
+                if prune:
+                    t = time.perf_counter()
+                    _prune(run, end, offences)
+                    run.lap("prune", t)
             if progress is not None:
                 progress(done, len(months))
         tables = _tables(rows)
