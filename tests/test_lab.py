@@ -371,6 +371,12 @@ def test_diff_lists_field_changes_by_id() -> None:
     assert ("changed", "rules[civic.heroic_act].cap") in changes
     assert ("changed", "rules[transport.drunk_driving].valid_for") in changes
     assert ("changed", "simulation_only") in changes
+    valid_for = next(
+        c
+        for c in structural(DEMO.rulebook, NAIVE.rulebook)
+        if c.path.endswith("[transport.drunk_driving].valid_for")
+    )
+    assert (valid_for.old, valid_for.new) == ("P3Y", None)
 
 
 def test_rulebook_diff_command_estimates_the_effect(tmp_path: Path) -> None:
@@ -383,6 +389,8 @@ def test_rulebook_diff_command_estimates_the_effect(tmp_path: Path) -> None:
 
     data = json.loads(result.stdout)
     assert data["new"]["safeguard_warnings"] == 17
+    human = runner.invoke(app, ["rulebook", "diff", "demo", "naive", "--residents", "0"])
+    assert "rules[civic.heroic_act].cap" in human.stdout
     assert data["effect"]["residents"] == 1500 and data["effect"]["band_moves"]
 
 

@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -824,7 +825,8 @@ def rulebook_diff(
     for col in ("change", "path", "old", "new"):
         table.add_column(col)
     for c in changes:
-        table.add_row(c.kind, c.path, _short(c.old), _short(c.new))
+        # Paths hold brackets (rules[id]) that Rich would read as markup.
+        table.add_row(c.kind, escape(c.path), escape(_short(c.old)), escape(_short(c.new)))
     if changes:
         out.print(table)
     if estimate is None:

@@ -42,11 +42,22 @@ def structural(old: Rulebook, new: Rulebook) -> list[Change]:
     >>> structural(rb, rb)
     []
     """
-    a = old.model_dump(mode="json", exclude_defaults=False)
-    b = new.model_dump(mode="json", exclude_defaults=False)
+    a = _plain(old.model_dump(mode="json", exclude_defaults=False))
+    b = _plain(new.model_dump(mode="json", exclude_defaults=False))
     out: list[Change] = []
     _walk(a, b, "", out)
     return out
+
+
+def _plain(value: Any) -> Any:
+    """Durations back to the ISO 8601 text the rulebook was written in."""
+    if isinstance(value, dict):
+        if set(value) == {"months", "days", "text"}:
+            return value["text"]
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _keyed(items: list[Any], key: str) -> dict[str, Any]:
