@@ -435,7 +435,23 @@ def test_simulate_refuses_bad_arguments(tmp_path: Path, args: list[str], message
     assert message in result.stderr
 
 
-def test_arrow_tables_have_no_hidden_attribute_in_the_store() -> None:
+def test_hidden_attributes_live_outside_the_record_store() -> None:
+    """The store's own database has no attribute column; only the attached ``lab`` one does."""
+    from civiscore.lab import behaviour
+    from civiscore.lab.simulate import _open
+
+    run = _open(DEMO, behaviour.population(50, 1), None)
+    try:
+        columns = run.store.con.execute(
+            "SELECT database_name, table_name, column_name FROM duckdb_columns()"
+        ).fetchall()
+    finally:
+        run.store.close()
+    hidden = {"district", "age_band", "income_decile", "hukou"}
+    assert {(d, t) for d, t, c in columns if c in hidden} == {("lab", "residents")}
+
+
+def test_month_records_carry_no_hidden_attribute() -> None:
     """The plan's records never carry the lab's attributes."""
     from civiscore.lab import behaviour
 
