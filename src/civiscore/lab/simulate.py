@@ -302,7 +302,7 @@ def simulate(
     first = -12 * params.warmup_years
     months = range(first, 12 * years)
     rows: dict[str, list[dict[str, Any]]] = {
-        k: [] for k in ("bands", "scores", "listings", "refusals", "offsetting", "histogram", "new")
+        k: [] for k in ("bands", "scores", "listings", "refusals", "offsetting", "histogram")
     }
     setup = time.perf_counter() - clock
     try:
@@ -526,7 +526,7 @@ def _collect(
 
 def _tables(rows: dict[str, list[dict[str, Any]]]) -> dict[str, pa.Table]:
     names = {"histogram": "score_histogram"}
-    return {names.get(k, k): pa.Table.from_pylist(v) for k, v in rows.items() if k != "new" and v}
+    return {names.get(k, k): pa.Table.from_pylist(v) for k, v in rows.items() if v}
 
 
 def _after(runs: list[_Run], params: Parameters, start: dt.date, years: int) -> dict[str, pa.Table]:
