@@ -15,6 +15,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import (
     BarColumn,
@@ -533,6 +534,332 @@ def lint(
             f"{rulebook}: rulebook {rb.rulebook} version {rb.version} is clean "
             f"({len(rb.rules)} rules, {len(rb.listings)} listings)"
         )
+
+
+# -- the policy lab ---------------------------------------------------------------------------
+
+
+def _lab_rulebook(spec: str, role: str) -> Any:
+    """A rulebook for the lab: a file, or ``demo`` / ``naive`` for the shipped ones."""
+    from civiscore.lab.simulate import Scenario
+    from civiscore.rulebook.load import (
+        demo_rulebook_path,
+        load_for_simulation,
+        naive_rulebook_path,
+    )
+
+    shipped = {"demo": demo_rulebook_path(), "naive": naive_rulebook_path()}
+    path = Path(spec)
+    if not path.exists() and spec in shipped:
+        path = shipped[spec]
+    elif not path.exists():
+        fail(f"--{role} {spec}: no such file; give a rulebook YAML file, or demo or naive")
+    rb, warnings = load_for_simulation(path)
+    return Scenario.of(path.stem, rb, str(path), path.read_text(encoding="utf-8"), warnings)
+
+
+def _lab_params(values: list[str] | None) -> Any:
+    from pydantic import ValidationError
+
+    from civiscore.lab.behaviour import Parameters
+
+    given: dict[str, str] = {}
+    names = ", ".join(Parameters.model_fields)
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in Parameters.model_fields:
+            fail(f"--param {item!r}: write NAME=VALUE with NAME one of: {names}")
+        given[name.strip()] = value.strip()
+    try:
+        return Parameters.model_validate(given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        fail(f"--param: {problems} (see docs/policy-lab.md for each parameter's range)")
+
+
+def _start(text: str) -> dt.date:
+    try:
+        day = dt.date.fromisoformat(text + "-01" if len(text) == 7 else text)
+    except ValueError:
+        fail(f"--start {text!r} is not a month; write 2026-01")
+    return day.replace(day=1)
+
+
+@app.command()
+def simulate(
+    rulebook: Annotated[
+        str, typer.Option("--rulebook", help="rulebook YAML to simulate (or demo, naive)")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="the HTML report to write")],
+    compare: Annotated[
+        str | None,
+        typer.Option("--compare", help="a second rulebook run side by side (or demo, naive)"),
+    ] = None,
+    sweep: Annotated[
+        str | None,
+        typer.Option(
+            "--sweep",
+            help="vary one field of --rulebook: PATH=V1,V2,..., e.g. "
+            "'listings[dishonest_judgment_debtor].duration=P6M,P1Y,P2Y'",
+        ),
+    ] = None,
+    residents: Annotated[int, typer.Option(min=1, help="residents in the city")] = 20_000,
+    years: Annotated[int, typer.Option(min=1, max=30, help="years reported")] = 5,
+    seed: Annotated[int, typer.Option(help="random seed: same seed, same tables")] = 0,
+    start: Annotated[str, typer.Option(help="first reported month")] = "2026-01",
+    param: Annotated[
+        list[str] | None,
+        typer.Option("--param", help="a behaviour or appeal parameter, NAME=VALUE (repeatable)"),
+    ] = None,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="DuckDB threads (default: every core)")
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Simulate rulebooks over a synthetic city month by month and write an HTML report."""
+    from civiscore.lab import report
+    from civiscore.lab.simulate import Scenario
+    from civiscore.lab.simulate import simulate as run_simulation
+    from civiscore.lab.sweep import Sweep, SweepError
+    from civiscore.rulebook.load import parse_yaml
+
+    params = _lab_params(param)
+    first = _start(start)
+    with _errors():
+        primary = _lab_rulebook(rulebook, "rulebook")
+        scenarios = [primary]
+        if compare is not None:
+            other = _lab_rulebook(compare, "compare")
+            if other.label == primary.label:
+                other = Scenario.of(
+                    f"{other.label} (compare)",
+                    other.rulebook,
+                    other.source,
+                    Path(other.source).read_text(encoding="utf-8"),
+                    other.warnings,
+                )
+            scenarios.append(Scenario(*_with_role(other, "compare")))
+        sweep_meta = None
+        if sweep is not None:
+            try:
+                spec = Sweep.parse(sweep)
+                data = parse_yaml(Path(primary.source).read_text(encoding="utf-8"), primary.source)
+                variants = spec.variants(
+                    data,
+                    primary.source,
+                    "simulation" if primary.rulebook.simulation_only else "production",
+                )
+            except SweepError as exc:
+                fail(str(exc))
+            for text, rb, warnings, yaml_text in variants:
+                scenarios.append(
+                    Scenario.of(
+                        f"{spec.path}={text}",
+                        rb,
+                        f"{primary.source} with {spec.path}={text}",
+                        yaml_text,
+                        warnings,
+                        "sweep",
+                        text,
+                    )
+                )
+            sweep_meta = {"path": spec.path, "values": list(spec.texts)}
+        months = 12 * (years + params.warmup_years)
+        with _progress(json_out) as progress:
+            task = progress.add_task(
+                f"simulating {len(scenarios)} rulebook(s), {residents:,} residents",
+                total=months,
+            )
+            result = run_simulation(
+                scenarios,
+                residents=residents,
+                years=years,
+                seed=seed,
+                start=first,
+                params=params,
+                threads=threads,
+                progress=lambda done, total: progress.update(task, completed=done),
+            )
+        html_file, tables_dir, _ = report.write(result, out_file, sweep_meta)
+    summary = _simulation_summary(result, html_file, tables_dir)
+    if json_out:
+        _print_json(summary)
+        return
+    out.print(f"report  {html_file} ({html_file.stat().st_size / 1e6:.1f} MB)")
+    out.print(f"tables  {tables_dir}/ (Parquet and CSV)")
+    table = Table(title="at the last month-end")
+    for col in (
+        "rulebook",
+        "band A or better",
+        "blacklisted",
+        "groups flagged",
+        "sanctioned in band A+",
+        "safeguard warnings",
+    ):
+        table.add_column(col, justify="left" if col == "rulebook" else "right")
+    for row in summary["rulebooks"]:
+        table.add_row(
+            row["label"],
+            f"{row['good_band_share']:.2%}",
+            f"{row['blacklisted']:,}",
+            f"{row['groups_flagged']:,}",
+            f"{row['sanctioned_in_good_band']:,}",
+            f"{row['safeguard_warnings']:,}",
+        )
+    out.print(table)
+
+
+def _with_role(s: Any, role: str) -> tuple[Any, ...]:
+    return (s.label, s.rulebook, s.source, s.sha256, s.warnings, role, s.sweep_value)
+
+
+def _simulation_summary(result: Any, html_file: Path, tables_dir: Path) -> dict[str, Any]:
+    from civiscore.lab.report import rows_of
+    from civiscore.lab.simulate import good_bands
+
+    last = 12 * result.meta["years"] - 1
+    rows = []
+    for s in result.scenarios:
+        bands = rows_of(result.tables["bands"], rulebook=s.label, month=last)
+        good = sum(r["share"] for r in bands if r["band"] in good_bands(s.rulebook))
+        listed = rows_of(result.tables["listings"], rulebook=s.label, month=last, list="blacklist")
+        groups = rows_of(result.tables["groups"], rulebook=s.label)
+        off = rows_of(
+            result.tables["offsetting"], rulebook=s.label, offence="(any active grave sanction)"
+        )
+        rows.append(
+            {
+                "label": s.label,
+                "role": s.role,
+                "version": s.rulebook.version,
+                "sha256": s.sha256,
+                "good_band_share": good,
+                "blacklisted": sum(r["residents"] for r in listed),
+                "groups_flagged": sum(
+                    1 for g in groups if g["listing_flagged"] or g["benefit_flagged"]
+                ),
+                "sanctioned_in_good_band": max(r["sanctioned_in_good_band"] for r in off),
+                "safeguard_warnings": len(s.warnings),
+            }
+        )
+    return {
+        "report": str(html_file),
+        "tables": str(tables_dir),
+        "residents": result.meta["residents"],
+        "years": result.meta["years"],
+        "seed": result.meta["seed"],
+        "rulebooks": rows,
+        "seconds": result.meta["seconds"],
+    }
+
+
+rulebook_app = typer.Typer(help="Rulebooks: compare versions.", no_args_is_help=True)
+app.add_typer(rulebook_app, name="rulebook")
+
+
+@rulebook_app.command("diff")
+def rulebook_diff(
+    old: Annotated[str, typer.Argument(help="the old rulebook YAML (or demo, naive)")],
+    new: Annotated[str, typer.Argument(help="the new rulebook YAML (or demo, naive)")],
+    residents: Annotated[
+        int, typer.Option(min=0, help="residents of the city the effect is estimated on (0: none)")
+    ] = 5_000,
+    years: Annotated[int, typer.Option(min=1, max=10, help="years simulated")] = 1,
+    seed: Annotated[int, typer.Option(help="random seed")] = 0,
+    start: Annotated[str, typer.Option(help="first simulated month")] = "2026-01",
+    json_out: JsonOpt = False,
+) -> None:
+    """List rule changes between two rulebooks and estimate their effect on a synthetic city."""
+    from civiscore.lab.behaviour import Parameters
+    from civiscore.lab.diff import effect, structural
+
+    first = _start(start)
+    with _errors():
+        a = _lab_rulebook(old, "old")
+        b = _lab_rulebook(new, "new")
+        changes = structural(a.rulebook, b.rulebook)
+        estimate = None
+        if residents > 0:
+            with (
+                err.status("estimating the effect on a synthetic city") if not json_out else _null()
+            ):
+                estimate = effect(
+                    a,
+                    b,
+                    residents=residents,
+                    years=years,
+                    seed=seed,
+                    start=first,
+                    params=Parameters(warmup_years=1),
+                )
+    if json_out:
+        _print_json(
+            {
+                "old": {
+                    "version": a.rulebook.version,
+                    "sha256": a.sha256,
+                    "safeguard_warnings": len(a.warnings),
+                },
+                "new": {
+                    "version": b.rulebook.version,
+                    "sha256": b.sha256,
+                    "safeguard_warnings": len(b.warnings),
+                },
+                "changes": [c.as_dict() for c in changes],
+                "effect": estimate.as_dict() if estimate else None,
+            }
+        )
+        return
+    out.print(f"{a.source} ({a.rulebook.version}) → {b.source} ({b.rulebook.version})")
+    for label, s in (("old", a), ("new", b)):
+        if s.warnings:
+            out.print(
+                f"[bold red]{label} rulebook breaks {len(s.warnings)} safeguard(s)[/] "
+                "(simulation only)"
+            )
+    if not changes:
+        out.print("no differences")
+    table = Table(title=f"{len(changes)} change(s)")
+    for col in ("change", "path", "old", "new"):
+        table.add_column(col)
+    for c in changes:
+        # Paths hold brackets (rules[id]) that Rich would read as markup.
+        table.add_row(c.kind, escape(c.path), escape(_short(c.old)), escape(_short(c.new)))
+    if changes:
+        out.print(table)
+    if estimate is None:
+        return
+    out.print(
+        f"estimated effect at the end of {estimate.years} year(s) on a synthetic city of "
+        f"{estimate.residents:,} residents (seed {estimate.seed}):"
+    )
+    moves = Table(title="residents moving band")
+    for col in ("old band", "new band", "residents"):
+        moves.add_column(col, justify="right" if col == "residents" else "left")
+    for (x, y), n in estimate.band_moves.items():
+        moves.add_row(x, y, f"{n:,}")
+    out.print(moves if estimate.band_moves else "no resident changes band")
+    lists = Table(title="blacklists")
+    for col in ("listing", "listed (old)", "listed (new)", "newly listed", "no longer listed"):
+        lists.add_column(col, justify="left" if col == "listing" else "right")
+    for name in sorted(set(estimate.listed_old) | set(estimate.listed_new)):
+        lists.add_row(
+            name,
+            f"{estimate.listed_old.get(name, 0):,}",
+            f"{estimate.listed_new.get(name, 0):,}",
+            f"{estimate.newly_listed.get(name, 0):,}",
+            f"{estimate.unlisted.get(name, 0):,}",
+        )
+    out.print(lists)
+
+
+def _short(value: Any, width: int = 60) -> str:
+    if value is None:
+        return "—"
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 @app.command()

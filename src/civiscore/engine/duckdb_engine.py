@@ -22,6 +22,7 @@ from civiscore.engine.incremental import (
     why_full,
 )
 from civiscore.engine.plan import stages
+from civiscore.rulebook.load import refuse_simulation_only
 from civiscore.rulebook.model import Rulebook
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
@@ -88,6 +89,8 @@ class DuckDBEngine:
         created_at: dt.datetime | None = None,
     ) -> Snapshot:
         """Materialise scores, bands and active listings for the whole population."""
+        # A snapshot is what decisions are served from; a simulation-only rulebook never gets one.
+        refuse_simulation_only(rb, "scoring into a snapshot")
         ensure_lineage(self.store.con)
         seen = records_seen(self.store.con)  # before the plan reads the records
         cur = self.evaluate(rb, at, known_at)
@@ -127,6 +130,7 @@ class DuckDBEngine:
         never).
         ``timings``, when given, receives the seconds spent in each step (for benchmarks).
         """
+        refuse_simulation_only(rb, "scoring into a snapshot")
         clock = _Stopwatch(timings)
         reason = why_full(base, rb.version, at, known_at)
         if reason is None and base is not None:

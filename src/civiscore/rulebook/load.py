@@ -8,7 +8,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -17,6 +17,21 @@ from civiscore.rulebook import safeguards
 from civiscore.rulebook.model import Rulebook
 
 DEMO_RULEBOOK = "demo.yaml"
+NAIVE_RULEBOOK = "naive.yaml"
+
+# What a rulebook is loaded for. "production" is every real use: lint, publish, the rulebook in
+# force, scoring and serving. "simulation" is the policy lab only (see docs/policy-lab.md).
+Purpose = Literal["production", "simulation"]
+
+_SIMULATION_ONLY = (
+    "this rulebook is marked simulation_only: true; it may be run in the policy lab "
+    "(`civiscore simulate`) but never published, served or used to score real records. "
+    "Remove the flag and fix every other problem listed to use it for real"
+)
+_NOT_MARKED = (
+    "breaks a safeguard; the policy lab runs such a rulebook only when it says so itself: "
+    "add simulation_only: true at the top level (it can then never be used for real)"
+)
 
 
 @dataclass(frozen=True)
@@ -68,20 +83,64 @@ def demo_rulebook_path() -> Path:
     return Path(str(resources.files("civiscore.rulebook") / "data" / DEMO_RULEBOOK))
 
 
-def load(path: str | Path) -> Rulebook:
-    """Read, validate and safeguard-check a rulebook file."""
-    path = Path(path)
+def naive_rulebook_path() -> Path:
+    """Path of the naive points-total rulebook shipped for the policy lab (simulation only)."""
+    return Path(str(resources.files("civiscore.rulebook") / "data" / NAIVE_RULEBOOK))
+
+
+def _read(path: Path) -> str:
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RulebookError(
             [RulebookProblem(str(path), "(file)", f"cannot read the file: {exc.strerror}")]
         ) from exc
-    return loads(text, str(path))
+
+
+def load(path: str | Path) -> Rulebook:
+    """Read, validate and safeguard-check a rulebook file for real use."""
+    path = Path(path)
+    return loads(_read(path), str(path))
 
 
 def loads(text: str, source: str = "<rulebook>") -> Rulebook:
-    """Validate rulebook YAML text; ``source`` names it in error messages."""
+    """Validate rulebook YAML text for real use; ``source`` names it in error messages.
+
+    A rulebook marked ``simulation_only`` is refused here whatever else it says.
+    """
+    rb, _ = _validate(parse_yaml(text, source), source, "production")
+    return rb
+
+
+def load_for_simulation(path: str | Path) -> tuple[Rulebook, list[RulebookProblem]]:
+    """Load a rulebook for the policy lab: returns it and the safeguards it breaks.
+
+    A rulebook marked ``simulation_only: true`` may break the policy safeguards (uncapped
+    merits, sanctions without an expiry window, no band cap for grave sanctions, ...); those
+    breaches are returned as warnings for the report. Shape and consistency problems, and any
+    protected category, still refuse it: the lab never scores what civiscore refuses to score.
+    """
+    path = Path(path)
+    text = _read(path)
+    return loads_for_simulation(text, str(path))
+
+
+def loads_for_simulation(
+    text: str, source: str = "<rulebook>"
+) -> tuple[Rulebook, list[RulebookProblem]]:
+    """:func:`load_for_simulation` for YAML text."""
+    return _validate(parse_yaml(text, source), source, "simulation")
+
+
+def validate_data(
+    data: Any, source: str, purpose: Purpose = "production"
+) -> tuple[Rulebook, list[RulebookProblem]]:
+    """Validate an already parsed rulebook mapping (the lab's sweeps edit one in memory)."""
+    return _validate(data, source, purpose)
+
+
+def parse_yaml(text: str, source: str = "<rulebook>") -> Any:
+    """The YAML of a rulebook as plain data, a key written twice refused."""
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
@@ -90,6 +149,10 @@ def loads(text: str, source: str = "<rulebook>") -> Rulebook:
         raise RulebookError(
             [RulebookProblem(source, where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]
         ) from exc
+    return data
+
+
+def _validate(data: Any, source: str, purpose: Purpose) -> tuple[Rulebook, list[RulebookProblem]]:
     if not isinstance(data, dict):
         raise RulebookError(
             [
@@ -107,9 +170,24 @@ def loads(text: str, source: str = "<rulebook>") -> Rulebook:
             [RulebookProblem(source, *_describe(err, data)) for err in exc.errors()]
         ) from exc
     problems = safeguards.check(rb)
-    if problems:
-        raise RulebookError([RulebookProblem(source, p, m) for p, m in problems])
-    return rb
+    if purpose == "production":
+        errors = [RulebookProblem(source, p, m) for p, m in problems]
+        if rb.simulation_only:
+            errors.insert(0, RulebookProblem(source, "simulation_only", _SIMULATION_ONLY))
+        if errors:
+            raise RulebookError(errors)
+        return rb, []
+    policy = [RulebookProblem(source, p[0], p[1]) for p in problems if _is_policy(p)]
+    errors = [RulebookProblem(source, p[0], p[1]) for p in problems if not _is_policy(p)]
+    if policy and not rb.simulation_only:
+        errors += [RulebookProblem(source, p.path, f"{p.message}; {_NOT_MARKED}") for p in policy]
+    if errors:
+        raise RulebookError(errors)
+    return rb, policy
+
+
+def _is_policy(problem: tuple[str, str]) -> bool:
+    return isinstance(problem, safeguards.PolicyProblem)
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:
@@ -190,3 +268,17 @@ def _describe(err: Any, data: Any) -> tuple[str, str]:
     if kind not in ("value_error",) and not isinstance(got, dict | list):
         msg = f"{msg} (got {got!r})"
     return _dotted(loc), msg
+
+
+def refuse_simulation_only(rb: Rulebook, where: str) -> None:
+    """Refuse to use a simulation-only rulebook for real (``where`` says what was attempted)."""
+    if rb.simulation_only:
+        raise RulebookError(
+            [
+                RulebookProblem(
+                    f"rulebook {rb.rulebook} version {rb.version}",
+                    "simulation_only",
+                    f"{where} refused: {_SIMULATION_ONLY}",
+                )
+            ]
+        )

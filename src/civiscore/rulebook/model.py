@@ -261,6 +261,7 @@ class Rulebook(Strict):
     departments: dict[str, Department]
     rules: list[Rule]
     listings: list[Listing]
+    simulation_only: bool = False
 
     @field_validator("version")
     @classmethod

@@ -16,11 +16,26 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from typing import NamedTuple
 
 from civiscore.rulebook.catalogue import CONTEXTS, protected_category
 from civiscore.rulebook.model import DatedNumber, Listing, Rule, Rulebook
 
 Problem = tuple[str, str]
+
+
+class PolicyProblem(NamedTuple):
+    """A breach of a policy safeguard that the engine can still compute.
+
+    Such a rulebook never loads for real, but a rulebook marked ``simulation_only: true`` may be
+    loaded for the policy lab with these problems reported as warnings, so that a naive scheme
+    can be shown side by side with a lawful one. Every other problem (shape, consistency, and
+    above all protected categories) refuses a rulebook for every purpose.
+    """
+
+    path: str
+    message: str
+
 
 SANCTIONING_AUTHORITIES = ("court", "regulator")
 
@@ -127,7 +142,7 @@ def _check_bands(rb: Rulebook) -> Iterator[Problem]:
     cap_rank = names.index(cap)
     a_grades = [name for name in names[cap_rank:] if name.startswith("A")]
     if a_grades:
-        yield (
+        yield PolicyProblem(
             "grave_sanction_band_cap",
             f"a grave sanction must cap the band below every A grade, but {cap!r} is not "
             f"below {a_grades[-1]!r}; choose a band such as B",
@@ -204,7 +219,7 @@ def _check_rules(rb: Rulebook) -> Iterator[Problem]:
             if rule.severity != "merit":
                 yield (f"{path}.severity", "positive points are a merit: set severity: merit")
             if rule.cap is None:
-                yield (
+                yield PolicyProblem(
                     f"{path}.cap",
                     "merit rules must be capped so many small good deeds cannot buy a score; add "
                     "cap: {max_points: N, per: calendar_year}",
@@ -216,7 +231,7 @@ def _check_rules(rb: Rulebook) -> Iterator[Problem]:
                     "negative points cannot be a merit: use minor, serious or grave",
                 )
             if rule.valid_for is None:
-                yield (
+                yield PolicyProblem(
                     f"{path}.valid_for",
                     "every negative rule must stop counting after a fixed window; add valid_for, "
                     "for example P1Y or P3Y",
@@ -283,7 +298,7 @@ def _check_listings(rb: Rulebook) -> Iterator[Problem]:
             if rb.kind(listing.ended_by.kind) is None:
                 yield (end_path, f"record kind {listing.ended_by.kind!r} is not in any catalogue")
             elif listing.ended_by.kind in merits:
-                yield (
+                yield PolicyProblem(
                     end_path,
                     f"{listing.ended_by.kind!r} earns merit points; merits never end a listing. "
                     "End it with a remedy record such as a settlement, or let it expire",
@@ -370,7 +385,7 @@ def _check_blacklist(rb: Rulebook, listing: Listing, path: str) -> Iterator[Prob
         dep_name, kind = decision_kind
         dep = rb.departments[dep_name]
         if not kind.decision or dep.authority not in SANCTIONING_AUTHORITIES:
-            yield (
+            yield PolicyProblem(
                 f"{path}.trigger.decision",
                 f"{trig.decision!r} is not a sanctioning decision of a court or regulator; a "
                 "listing from it may only restrict services in its own context (use a conduct "
@@ -390,7 +405,7 @@ def _check_blacklist(rb: Rulebook, listing: Listing, path: str) -> Iterator[Prob
         if trig.conduct is not None:
             conduct_kind = rb.kind(trig.conduct.kind)
             if conduct_kind is not None and conduct_kind[1].context != svc.context:
-                yield (
+                yield PolicyProblem(
                     f"{rpath}.service",
                     f"conduct in context {conduct_kind[1].context!r} cannot restrict "
                     f"{restriction.service!r}, a service in context {svc.context!r}: a "
