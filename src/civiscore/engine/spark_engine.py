@@ -16,10 +16,15 @@ which Spark reads as ``TIMESTAMP_NTZ``.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 import sqlglot
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
@@ -136,11 +141,14 @@ def local_session(
         driver_memory: JVM heap; honoured only if this call starts the JVM.
         app_name: Name in Spark's logs.
     """
+    # Spark otherwise looks the host name up and warns that it is a loopback address.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     builder: SparkSession.Builder = SparkSession.builder
-    return (
+    session = (
         builder.master(f"local[{cores}]")
         .appName(app_name)
         .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
         .config("spark.driver.host", "127.0.0.1")
         .config("spark.driver.bindAddress", "127.0.0.1")
         .config("spark.driver.memory", driver_memory)
@@ -150,6 +158,67 @@ def local_session(
         .config("spark.sql.session.timeZone", "UTC")
         .getOrCreate()
     )
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def cluster_session(master: str, app_name: str = "civiscore") -> SparkSession:
+    """A Spark session on a cluster manager (``spark://host:7077``, ``yarn``, ``k8s://…``).
+
+    Executors, memory and shuffle partitions come from the cluster's defaults or
+    ``spark-submit --conf``; only what the results depend on is fixed here.
+    """
+    builder: SparkSession.Builder = SparkSession.builder
+    return (
+        builder.master(master)
+        .appName(app_name)
+        .config("spark.ui.showConsoleProgress", "false")
+        # See local_session: naive local times throughout, so no zone may shift them.
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+
+
+@contextmanager
+def spark_session(master: str | None = None) -> Iterator[SparkSession]:
+    """The session to score in: the running one if there is one, else a new one, stopped after.
+
+    A process that already runs Spark (``spark-submit``, a notebook, the test suite) keeps its
+    session and its settings; ``master`` is then ignored, as Spark's ``getOrCreate`` would.
+
+    Args:
+        master: A cluster's master URL, or None for local mode on every core of this machine.
+    """
+    running = SparkSession.getActiveSession()
+    if running is not None:
+        yield running
+        return
+    cores = local_cores(master or "local[*]")
+    session = (
+        cluster_session(master or "")
+        if cores is None
+        else local_session(cores=cores, shuffle_partitions=2 * cores)
+    )
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+def local_cores(master: str) -> int | None:
+    """The worker threads of a local master URL; None for a cluster's.
+
+    >>> [local_cores(m) for m in ("local", "local[3]", "spark://h:7077")]
+    [1, 3, None]
+    >>> local_cores("local[*]") == (os.cpu_count() or 1)
+    True
+    """
+    if master == "local":
+        return 1
+    found = re.fullmatch(r"local\[(\d+|\*)\]", master)
+    if found is None:
+        return None
+    return (os.cpu_count() or 1) if found.group(1) == "*" else int(found.group(1))
 
 
 def export_store(con: duckdb.DuckDBPyConnection, out_dir: str | Path) -> tuple[Path, Path]:
@@ -277,6 +346,23 @@ class SparkEngine:
             # Typed as the store's columns, as DuckDB's INSERT … SELECT makes them.
             frames[name] = frame.select(*(frame[c].cast(t).alias(c) for c, t in schema.items()))
         return frames
+
+    def score_arrow(
+        self, rb: Rulebook, at: dt.datetime, known_at: dt.datetime
+    ) -> dict[str, pa.Table]:
+        """The population snapshot for (T, K), collected to this process as Arrow tables.
+
+        Returns:
+            ``snapshot_scores``, ``snapshot_contexts`` and ``snapshot_listings`` rows, ready for
+            :meth:`DuckDBEngine.store_snapshot`. Only for a population whose snapshot fits in
+            the driver's memory (a city); a country's goes to Parquet with
+            :func:`write_snapshot`.
+        """
+        try:
+            frames = self.score_frames(rb, at, known_at)
+            return {f"snapshot_{name}": frame.toArrow() for name, frame in frames.items()}
+        finally:
+            self.release()
 
     def release(self) -> None:
         """Free the cached stages of every question asked so far."""
