@@ -353,6 +353,9 @@ class SparkEngine:
     ) -> dict[str, DataFrame]:
         """The population snapshot for (T, K) as Spark DataFrames, computed when read.
 
+        The plan's cached stages are computed first (see :meth:`evaluate`, which also says what
+        ``timings`` receives).
+
         Returns:
             ``scores``, ``contexts`` and ``listings``, with the columns and types of
             :data:`SNAPSHOT_SCHEMAS`: the rows :meth:`DuckDBEngine.score` writes to
