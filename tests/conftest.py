@@ -4,11 +4,13 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 
 from civiscore.workspace import Workspace
+from tests.utils import require_spark
 
 
 @pytest.fixture
@@ -60,3 +62,26 @@ def ops_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES_URL, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+# -- Spark: one local session for the whole test session -------------------------------------
+
+
+@pytest.fixture
+def spark_available() -> None:
+    """Skip (or, with CIVISCORE_REQUIRE_SPARK=1, fail) a test when Spark cannot run here."""
+    require_spark()
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[Any]:
+    """A Spark session in local mode, small enough to share two cores with the rest.
+
+    Starting the JVM is most of a Spark test's time, so every test shares this one.
+    """
+    require_spark()
+    from civiscore.engine.spark_engine import local_session
+
+    session = local_session(cores=2, shuffle_partitions=1, driver_memory="2g")
+    yield session
+    session.stop()

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import functools
 import itertools
+import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from civiscore.engine.spark_runtime import why_no_spark
 from civiscore.ids import USCC_ALPHABET, resident_check_char, uscc_check_char
 from civiscore.workspace import Workspace
 
@@ -56,3 +61,24 @@ def ingest_rows(
     folder.mkdir(parents=True, exist_ok=True)
     path = write_csv(folder / f"{department}-{next(_counter)}.csv", rows)
     return ws.ingest(department, path, received_at=received_at)
+
+
+@functools.cache
+def spark_problem() -> str | None:
+    """Why the Spark engine cannot run here (None: it can); asked once per test session."""
+    return why_no_spark()
+
+
+def require_spark() -> None:
+    """Skip the calling test when Spark cannot run, with the reason; in CI, fail instead.
+
+    CI sets CIVISCORE_REQUIRE_SPARK=1: a Spark test that cannot run there is a failure, so a
+    missing pyspark or Java can never pass as a green run that tested nothing.
+    """
+    problem = spark_problem()
+    if problem is None:
+        return
+    message = f"the Spark engine cannot run here: {problem}"
+    if os.environ.get("CIVISCORE_REQUIRE_SPARK") == "1":
+        pytest.fail(f"CIVISCORE_REQUIRE_SPARK=1 and {message}", pytrace=False)
+    pytest.skip(message)

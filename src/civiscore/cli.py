@@ -6,6 +6,7 @@ Exit codes: 0 success (for ``check``: allowed), 1 ``check`` denied, 2 bad usage 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -30,6 +31,7 @@ from rich.progress import (
 from rich.table import Table
 
 from civiscore.decisions.check import Decision, UnknownService
+from civiscore.engine.spark_runtime import why_no_spark
 from civiscore.home import KeyMissing, resolve_home
 from civiscore.ids import InvalidSubjectId
 from civiscore.ingest.readers import FileError
@@ -81,7 +83,8 @@ def _home() -> Path:
 
 
 def fail(message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: a message quoting "civiscore[spark]" or a path with brackets is text, not markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -276,6 +279,11 @@ def _print_ingest(summaries: list[IngestSummary]) -> None:
             out.print(f"ignored columns in {s.file}: {', '.join(s.ignored_columns)} (not stored)")
 
 
+class Engine(enum.StrEnum):
+    duckdb = "duckdb"
+    spark = "spark"
+
+
 @app.command()
 def score(
     at: AtOpt = None,
@@ -291,15 +299,51 @@ def score(
             "version changed, or --at/--known-at is earlier than the snapshot's",
         ),
     ] = False,
+    engine: Annotated[
+        Engine,
+        typer.Option(
+            "--engine",
+            help="duckdb: in this process, on the store; spark: the same plan on PySpark over "
+            "the store's records written as Parquet (needs the spark extra and Java 17+); "
+            "the snapshot is the same, row for row",
+        ),
+    ] = Engine.duckdb,
+    master: Annotated[
+        str | None,
+        typer.Option(
+            "--master",
+            help="with --engine spark: the Spark master URL (spark://host:7077, yarn, "
+            "k8s://…, local[4]); default: local mode on every core",
+        ),
+    ] = None,
+    parquet: Annotated[
+        Path | None,
+        typer.Option(
+            "--parquet",
+            help="with --engine spark: the directory the records are written to as Parquet "
+            "for Spark (default: <home>/parquet); on a cluster, one every worker mounts at "
+            "the same path",
+        ),
+    ] = None,
 ) -> None:
     """Materialise scores, bands and listings for the whole population as of T."""
     update = None
+    if engine is Engine.spark:
+        if incremental:
+            fail("--incremental runs on the DuckDB engine; leave out --engine spark")
+        problem = why_no_spark()
+        if problem is not None:
+            fail(f"the Spark engine cannot run here: {problem}")
+    elif master is not None or parquet is not None:
+        fail("--master and --parquet are for --engine spark")
     with _workspace() as ws, _errors():
         t, k = _moments(at, known_at)
         with err.status("scoring the population", spinner="dots") if not json_out else _null():
             if incremental:
                 update = ws.score_incremental(t, k)
                 snap = update.snapshot
+            elif engine is Engine.spark:
+                snap = ws.score_on_spark(t, k, master=master, parquet_dir=parquet)
             else:
                 snap = ws.score(t, k)
     data = _snapshot_dict(snap)

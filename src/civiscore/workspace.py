@@ -13,7 +13,7 @@ from typing import Any
 
 from civiscore.decisions.check import Decision, check
 from civiscore.engine.duckdb_engine import DuckDBEngine
-from civiscore.engine.incremental import FULL_SCORE_SHARE, Update
+from civiscore.engine.incremental import FULL_SCORE_SHARE, Update, records_seen
 from civiscore.home import create_key, load_key
 from civiscore.ids import pseudonym, subject_type
 from civiscore.ingest.run import IngestSummary, ingest_file
@@ -102,6 +102,39 @@ class Workspace:
 
     def score(self, at: dt.datetime, known_at: dt.datetime) -> Snapshot:
         return self.engine.score(self.rulebook_at(at), at, known_at)
+
+    def score_on_spark(
+        self,
+        at: dt.datetime,
+        known_at: dt.datetime,
+        *,
+        master: str | None = None,
+        parquet_dir: Path | None = None,
+    ) -> Snapshot:
+        """Score the population on Spark and store the snapshot, as :meth:`score` would.
+
+        The store's records and subjects are written as Parquet to ``parquet_dir`` (default
+        ``<home>/parquet``; on a cluster, a directory every worker mounts at the same path),
+        scored by :class:`civiscore.engine.spark_engine.SparkEngine` from the same plan, and
+        the result written to the store as an ordinary snapshot. Needs the spark extra and
+        Java (:func:`civiscore.engine.spark_runtime.why_no_spark`).
+
+        Args:
+            at: T.
+            known_at: K.
+            master: A Spark master URL; None for local mode on every core.
+            parquet_dir: Where the Parquet input goes.
+        """
+        # Imported here: pyspark is an optional extra, and starting it costs seconds.
+        from civiscore.engine.spark_engine import SparkEngine, export_store, spark_session
+
+        rb = self.rulebook_at(at)
+        # Counted before the export reads the records: the watermark for --incremental.
+        seen = records_seen(self.store.con)
+        records, subjects = export_store(self.store.con, parquet_dir or self.home / "parquet")
+        with spark_session(master) as spark:
+            rows = SparkEngine(spark, records, subjects).score_arrow(rb, at, known_at)
+        return self.engine.store_snapshot(rb, at, known_at, rows, seen)
 
     def score_incremental(
         self, at: dt.datetime, known_at: dt.datetime, *, full_share: float | None = FULL_SCORE_SHARE

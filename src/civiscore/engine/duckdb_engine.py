@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import duckdb
+import pyarrow as pa
 
 from civiscore.engine.incremental import (
     FULL_SCORE_SHARE,
@@ -94,21 +95,48 @@ class DuckDBEngine:
         ensure_lineage(self.store.con)
         seen = records_seen(self.store.con)  # before the plan reads the records
         cur = self.evaluate(rb, at, known_at)
-        created = created_at or now_local()
         try:
-            cur.execute("BEGIN TRANSACTION")
-            sid_ = _next_snapshot_id(cur)
-            for table, sql in _FRESH.items():
-                cur.execute(f"INSERT INTO {table} {sql}", {"id": sid_})
-            count = _write_snapshot(cur, sid_, rb, at, known_at, created)
-            record_lineage(cur, sid_, None, None, seen)
-            cur.execute("COMMIT")
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
+            return _new_snapshot(cur, rb, at, known_at, created_at, seen, _FRESH)
         finally:
             cur.close()
-        return Snapshot(sid_, rb.version, at, known_at, created, count)
+
+    def store_snapshot(
+        self,
+        rb: Rulebook,
+        at: dt.datetime,
+        known_at: dt.datetime,
+        rows: Mapping[str, pa.Table],
+        seen: int,
+        created_at: dt.datetime | None = None,
+    ) -> Snapshot:
+        """Write a population snapshot computed elsewhere (by the Spark engine) into the store.
+
+        Args:
+            rb: The rulebook it was scored under.
+            at: T.
+            known_at: K.
+            rows: For each of ``snapshot_scores``, ``snapshot_contexts`` and
+                ``snapshot_listings``, its rows without the snapshot number, columns in the
+                table's order (:data:`civiscore.engine.incremental.SNAPSHOT_TABLES`).
+            seen: How many rows ``records`` had when the records were read
+                (:func:`civiscore.engine.incremental.records_seen`): an incremental score
+                can then bring this snapshot forward like one of this engine's.
+            created_at: When it was made (default: now).
+        """
+        if set(rows) != set(SNAPSHOT_TABLES):
+            raise ValueError(f"a snapshot has {sorted(SNAPSHOT_TABLES)}, not {sorted(rows)}")
+        ensure_lineage(self.store.con)
+        cur = self.store.con.cursor()
+        try:
+            for table, arrow in rows.items():
+                cur.register(f"incoming_{table}", arrow)
+            inserts = {
+                table: f"SELECT $id, {columns} FROM incoming_{table}"
+                for table, columns in SNAPSHOT_TABLES.items()
+            }
+            return _new_snapshot(cur, rb, at, known_at, created_at, seen, inserts)
+        finally:
+            cur.close()
 
     def update(
         self,
@@ -228,6 +256,31 @@ class _Stopwatch:
         if self.into is not None:
             self.into[step] = self.into.get(step, 0.0) + now - self.last
         self.last = now
+
+
+def _new_snapshot(
+    cur: duckdb.DuckDBPyConnection,
+    rb: Rulebook,
+    at: dt.datetime,
+    known_at: dt.datetime,
+    created_at: dt.datetime | None,
+    seen: int,
+    inserts: Mapping[str, str],
+) -> Snapshot:
+    """Number a new snapshot and fill it in one transaction: each table from its SELECT."""
+    created = created_at or now_local()
+    cur.execute("BEGIN TRANSACTION")
+    try:
+        snapshot_id = _next_snapshot_id(cur)
+        for table, sql in inserts.items():
+            cur.execute(f"INSERT INTO {table} {sql}", {"id": snapshot_id})
+        count = _write_snapshot(cur, snapshot_id, rb, at, known_at, created)
+        record_lineage(cur, snapshot_id, None, None, seen)
+        cur.execute("COMMIT")
+    except BaseException:
+        cur.execute("ROLLBACK")
+        raise
+    return Snapshot(snapshot_id, rb.version, at, known_at, created, count)
 
 
 def _next_snapshot_id(cur: duckdb.DuckDBPyConnection) -> int:

@@ -231,19 +231,27 @@ def _decision_listings_sql(rb: Rulebook, T: str) -> str:
             continue
         assert listing.duration is not None or listing.list == "redlist"
         end = f"d.occurred_at + {interval(listing.duration)}" if listing.duration else "NULL"
-        settled = "NULL"
+        settled, ended_at = "", "NULL"
         if listing.ended_by is not None:
-            settled = (
-                f"(SELECT min(e.occurred_at) FROM live e WHERE e.kind = {_q(listing.ended_by.kind)}"
-                " AND e.sid = d.sid AND e.reference = d.reference"
-                " AND e.occurred_at >= d.occurred_at)"
-            )
+            # The first remedy on or after the decision, with the same reference. A join and a
+            # GROUP BY rather than a correlated subquery: Spark turns the subquery's
+            # "e.occurred_at >= d.occurred_at" into a cartesian product of the two kinds.
+            settled = f"""
+            LEFT JOIN (SELECT d.department, d.record_id, min(e.occurred_at) AS ended_at
+                       FROM live d JOIN live e ON e.sid = d.sid AND e.reference = d.reference
+                        AND e.occurred_at >= d.occurred_at
+                       WHERE d.kind = {_q(listing.trigger.decision)}
+                         AND e.kind = {_q(listing.ended_by.kind)}
+                       GROUP BY d.department, d.record_id) s
+              ON s.department = d.department AND s.record_id = d.record_id"""
+            ended_at = "s.ended_at"
         parts.append(
             f"""SELECT {_q(listing.id)} AS listing, {_q(listing.list)} AS list,
                    {str(listing.grave).lower()} AS grave, d.sid, d.occurred_at AS since,
-                   {end} AS max_until, {settled} AS ended_at, d.record_id, d.department,
+                   {end} AS max_until, {ended_at} AS ended_at, d.record_id, d.department,
                    d.reference
-            FROM live d WHERE d.kind = {_q(listing.trigger.decision)}"""
+            FROM live d{settled}
+            WHERE d.kind = {_q(listing.trigger.decision)}"""
         )
     if not parts:
         return _empty_listings()

@@ -1,0 +1,461 @@
+"""Run the scoring plan on Spark over Parquet, for populations one machine cannot hold.
+
+Nothing about scoring is written here. Every stage of :func:`civiscore.engine.plan.stages` is
+translated from DuckDB SQL to Spark SQL by :func:`civiscore.engine.dialect.to_spark` and
+registered in a Spark session as a temporary view, as :class:`DuckDBEngine` creates them as
+temporary tables; the snapshot's rows come from the very queries the DuckDB engine inserts
+(``duckdb_engine._FRESH``), translated the same way. On the same records a Spark snapshot
+equals a DuckDB one row for row, decimals included: ``tests/test_spark_engine.py`` checks it on
+a synthetic city. ``docs/scale.md`` says how to run it on a cluster and what that costs.
+
+The input is the store's ``records`` and ``subjects`` tables as Parquet (:func:`export_store`
+writes them from a DuckDB store) with DuckDB's column types: timestamps without a time zone,
+which Spark reads as ``TIMESTAMP_NTZ``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import sqlglot
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import (
+    BooleanType,
+    DataType,
+    DecimalType,
+    DoubleType,
+    LongType,
+    StringType,
+    StructField,
+    StructType,
+    TimestampNTZType,
+)
+from sqlglot import exp
+
+from civiscore.engine.dialect import to_spark
+from civiscore.engine.duckdb_engine import _FRESH
+from civiscore.engine.plan import Stage, stages
+from civiscore.rulebook.model import Rulebook
+
+__all__ = [
+    "RECORDS_SCHEMA",
+    "SNAPSHOT_SCHEMAS",
+    "SNAPSHOT_SQL",
+    "SUBJECTS_SCHEMA",
+    "SparkEngine",
+    "SparkInputError",
+    "export_store",
+    "local_session",
+    "worth_caching",
+    "write_snapshot",
+]
+
+RECORDS_SCHEMA: dict[str, DataType] = {
+    "department": StringType(),
+    "record_id": StringType(),
+    "sid": LongType(),
+    "kind": StringType(),
+    "occurred_at": TimestampNTZType(),
+    "quantity": DoubleType(),
+    "reference": StringType(),
+    "retracts": StringType(),
+    "received_at": TimestampNTZType(),
+    "batch": LongType(),
+}
+"""The store's ``records`` columns in Spark's types; the Parquet input must have these."""
+
+SUBJECTS_SCHEMA: dict[str, DataType] = {
+    "sid": LongType(),
+    "pseudonym": StringType(),
+    "subject_type": StringType(),
+}
+
+_POINTS = DecimalType(18, 2)
+SNAPSHOT_SCHEMAS: dict[str, dict[str, DataType]] = {
+    "scores": {
+        "sid": LongType(),
+        "score": _POINTS,
+        "band": StringType(),
+        "band_capped": BooleanType(),
+    },
+    "contexts": {"sid": LongType(), "context": StringType(), "points": _POINTS},
+    "listings": {
+        "sid": LongType(),
+        "listing": StringType(),
+        "list": StringType(),
+        "since": TimestampNTZType(),
+        "until": TimestampNTZType(),
+        "record_id": StringType(),
+        "department": StringType(),
+        "reference": StringType(),
+    },
+}
+"""Columns of :meth:`SparkEngine.score_frames`: the store's ``snapshot_*`` tables, less the
+snapshot number."""
+
+
+def _without_snapshot_id(sql: str) -> str:
+    """The DuckDB engine's snapshot query without its ``$id AS snapshot_id`` column."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    assert isinstance(tree, exp.Select)
+    tree.set("expressions", [e for e in tree.expressions if not e.find(exp.Placeholder)])
+    return tree.sql(dialect="duckdb")
+
+
+SNAPSHOT_SQL: dict[str, str] = {
+    table.removeprefix("snapshot_"): _without_snapshot_id(sql) for table, sql in _FRESH.items()
+}
+"""DuckDB SQL for each snapshot table, from the DuckDB engine, keyed as in SNAPSHOT_SCHEMAS."""
+assert set(SNAPSHOT_SQL) == set(SNAPSHOT_SCHEMAS)
+
+
+class SparkInputError(ValueError):
+    """A Parquet input the engine cannot score: missing, or with the wrong columns or types."""
+
+
+def local_session(
+    cores: int = 2,
+    shuffle_partitions: int = 4,
+    driver_memory: str = "4g",
+    app_name: str = "civiscore",
+) -> SparkSession:
+    """A Spark session in local mode: loopback only, no web UI.
+
+    For one machine, tests and measurements. On a cluster, let ``spark-submit --master …``
+    build the session (``SparkSession.builder.getOrCreate()``) and hand it to
+    :class:`SparkEngine`; see ``docs/scale.md``.
+
+    Args:
+        cores: Worker threads (``local[cores]``).
+        shuffle_partitions: ``spark.sql.shuffle.partitions``; Spark's default of 200 is far
+            too many for one machine.
+        driver_memory: JVM heap; honoured only if this call starts the JVM.
+        app_name: Name in Spark's logs.
+    """
+    # Spark otherwise looks the host name up and warns that it is a loopback address.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    builder: SparkSession.Builder = SparkSession.builder
+    session = (
+        builder.master(f"local[{cores}]")
+        .appName(app_name)
+        .config("spark.ui.enabled", "false")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.driver.host", "127.0.0.1")
+        .config("spark.driver.bindAddress", "127.0.0.1")
+        .config("spark.driver.memory", driver_memory)
+        .config("spark.sql.shuffle.partitions", str(shuffle_partitions))
+        # Every timestamp civiscore stores is naive local time (TIMESTAMP_NTZ); in a UTC session
+        # any stray conversion to Spark's zoned TIMESTAMP is a no-op rather than a shift.
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def cluster_session(master: str, app_name: str = "civiscore") -> SparkSession:
+    """A Spark session on a cluster manager (``spark://host:7077``, ``yarn``, ``k8s://…``).
+
+    Executors, memory and shuffle partitions come from the cluster's defaults or
+    ``spark-submit --conf``; only what the results depend on is fixed here.
+    """
+    builder: SparkSession.Builder = SparkSession.builder
+    return (
+        builder.master(master)
+        .appName(app_name)
+        .config("spark.ui.showConsoleProgress", "false")
+        # See local_session: naive local times throughout, so no zone may shift them.
+        .config("spark.sql.session.timeZone", "UTC")
+        .getOrCreate()
+    )
+
+
+@contextmanager
+def spark_session(master: str | None = None) -> Iterator[SparkSession]:
+    """The session to score in: the running one if there is one, else a new one, stopped after.
+
+    A process that already runs Spark (``spark-submit``, a notebook, the test suite) keeps its
+    session and its settings; ``master`` is then ignored, as Spark's ``getOrCreate`` would.
+
+    Args:
+        master: A cluster's master URL, or None for local mode on every core of this machine.
+    """
+    running = SparkSession.getActiveSession()
+    if running is not None:
+        yield running
+        return
+    cores = local_cores(master or "local[*]")
+    session = (
+        cluster_session(master or "")
+        if cores is None
+        else local_session(cores=cores, shuffle_partitions=2 * cores)
+    )
+    try:
+        yield session
+    finally:
+        session.stop()
+
+
+def local_cores(master: str) -> int | None:
+    """The worker threads of a local master URL; None for a cluster's.
+
+    >>> [local_cores(m) for m in ("local", "local[3]", "spark://h:7077")]
+    [1, 3, None]
+    >>> local_cores("local[*]") == (os.cpu_count() or 1)
+    True
+    """
+    if master == "local":
+        return 1
+    found = re.fullmatch(r"local\[(\d+|\*)\]", master)
+    if found is None:
+        return None
+    return (os.cpu_count() or 1) if found.group(1) == "*" else int(found.group(1))
+
+
+def export_store(con: duckdb.DuckDBPyConnection, out_dir: str | Path) -> tuple[Path, Path]:
+    """Write a DuckDB store's ``records`` and ``subjects`` tables as Parquet for Spark.
+
+    Args:
+        con: A connection to the store (``Workspace.store.con``).
+        out_dir: Directory for ``records.parquet`` and ``subjects.parquet``; created if
+            missing, existing files replaced.
+
+    Returns:
+        The records file and the subjects file.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / "records.parquet", out / "subjects.parquet")
+    for table, path in zip(("records", "subjects"), paths, strict=True):
+        target = "'" + str(path).replace("'", "''") + "'"
+        # Records sorted by kind: the plan reads each listing's kinds on their own (a kind of
+        # decision, its remedy, a kind of conduct), and Parquet's row-group statistics then let
+        # Spark skip every row group of other kinds instead of scanning all records each time.
+        order = "kind, sid" if table == "records" else "sid"
+        con.execute(f"COPY (SELECT * FROM {table} ORDER BY {order}) TO {target} (FORMAT parquet)")
+    return paths
+
+
+def write_snapshot(frames: dict[str, DataFrame], out_dir: str | Path) -> dict[str, Path]:
+    """Write :meth:`SparkEngine.score_frames` as Parquet: ``<out_dir>/snapshot_<name>.parquet``.
+
+    Each is a directory of part files, as Spark writes them; existing output is replaced.
+
+    Returns:
+        Where each frame went, by the same keys.
+    """
+    out = Path(out_dir)
+    written = {}
+    for name, frame in frames.items():
+        path = out / f"snapshot_{name}.parquet"
+        frame.write.mode("overwrite").parquet(str(path))
+        written[name] = path
+    return written
+
+
+class SparkEngine:
+    """The scoring plan on Spark, over the store's tables exported as Parquet.
+
+    Each question gets its own ``SparkSession.newSession()``: its temporary views (the plan's
+    stage names) are private to it, as a DuckDB cursor's temporary tables are, so questions for
+    different (T, K) never see each other's stages. The new session starts from the caller's
+    SQL settings.
+
+    Args:
+        spark: The session to work in (local, or on a cluster).
+        records_parquet: The ``records`` table: a Parquet file, a directory of them, or any URL
+            Spark reads (``hdfs://``, ``s3a://``).
+        subjects_parquet: The ``subjects`` table, likewise.
+        cache: Cache the stages that would otherwise be computed more than once
+            (:func:`worth_caching`). Off, Spark recomputes them in every query that reads them.
+
+    Raises:
+        SparkInputError: An input is missing, lacks a column, or has a column of another type.
+    """
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        records_parquet: str | Path,
+        subjects_parquet: str | Path,
+        *,
+        cache: bool = True,
+    ):
+        self.spark = spark
+        self.records_parquet = str(records_parquet)
+        self.subjects_parquet = str(subjects_parquet)
+        self.cache = cache
+        _check(spark, self.records_parquet, "records", RECORDS_SCHEMA)
+        _check(spark, self.subjects_parquet, "subjects", SUBJECTS_SCHEMA)
+        self._cached: list[DataFrame] = []
+
+    def evaluate(
+        self,
+        rb: Rulebook,
+        at: dt.datetime,
+        known_at: dt.datetime,
+        sid: int | None = None,
+        timings: dict[str, float] | None = None,
+    ) -> SparkSession:
+        """Register every stage for (T, K[, subject]) as a view; returns the session holding them.
+
+        Stages in :func:`worth_caching` are computed and cached on the way (:meth:`release`
+        frees them); the others are computed by each query that reads them. ``timings``, when
+        given, receives the seconds each cached stage took (for benchmarks).
+        """
+        session = self.spark.newSession()
+        parent = self.spark.conf
+        for key, value in parent.getAll.items():
+            if parent.isModifiable(key):
+                session.conf.set(key, value)
+        types: dict[str, dict[str, str]] = {}
+        for table, path, schema in (
+            ("records", self.records_parquet, RECORDS_SCHEMA),
+            ("subjects", self.subjects_parquet, SUBJECTS_SCHEMA),
+        ):
+            session.read.schema(_struct(schema)).parquet(path).createOrReplaceTempView(table)
+            types[table] = {name: kind.simpleString() for name, kind in schema.items()}
+        plan = stages(rb, at, known_at, sid)
+        cached = worth_caching(plan) if self.cache else set()
+        for stage in plan:
+            frame = session.sql(to_spark(stage.sql, types))
+            if stage.name in cached:
+                frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+                self._cached.append(frame)
+                # Computed now, as the DuckDB engine creates its tables one by one: Spark then
+                # plans each later stage knowing this one's real size, and joins a small one
+                # (the retractions in ``withdrawn``) by broadcasting it instead of shuffling
+                # and sorting every record against it.
+                start = time.perf_counter()
+                frame.count()
+                if timings is not None:
+                    timings[stage.name] = time.perf_counter() - start
+            frame.createOrReplaceTempView(stage.name)
+            types[stage.name] = {f.name: f.dataType.simpleString() for f in frame.schema.fields}
+        return session
+
+    def score_frames(
+        self,
+        rb: Rulebook,
+        at: dt.datetime,
+        known_at: dt.datetime,
+        timings: dict[str, float] | None = None,
+    ) -> dict[str, DataFrame]:
+        """The population snapshot for (T, K) as Spark DataFrames, computed when read.
+
+        The plan's cached stages are computed first (see :meth:`evaluate`, which also says what
+        ``timings`` receives).
+
+        Returns:
+            ``scores``, ``contexts`` and ``listings``, with the columns and types of
+            :data:`SNAPSHOT_SCHEMAS`: the rows :meth:`DuckDBEngine.score` writes to
+            ``snapshot_scores``, ``snapshot_contexts`` and ``snapshot_listings``, without the
+            snapshot number. Write them with :func:`write_snapshot`, then :meth:`release`.
+        """
+        session = self.evaluate(rb, at, known_at, timings=timings)
+        frames = {}
+        for name, sql in SNAPSHOT_SQL.items():
+            schema = SNAPSHOT_SCHEMAS[name]
+            frame = session.sql(to_spark(sql)).toDF(*schema)
+            # Typed as the store's columns, as DuckDB's INSERT … SELECT makes them.
+            frames[name] = frame.select(*(frame[c].cast(t).alias(c) for c, t in schema.items()))
+        return frames
+
+    def score_arrow(
+        self, rb: Rulebook, at: dt.datetime, known_at: dt.datetime
+    ) -> dict[str, pa.Table]:
+        """The population snapshot for (T, K), collected to this process as Arrow tables.
+
+        Returns:
+            ``snapshot_scores``, ``snapshot_contexts`` and ``snapshot_listings`` rows, ready for
+            :meth:`DuckDBEngine.store_snapshot`. Only for a population whose snapshot fits in
+            the driver's memory (a city); a country's goes to Parquet with
+            :func:`write_snapshot`.
+        """
+        try:
+            frames = self.score_frames(rb, at, known_at)
+            return {f"snapshot_{name}": frame.toArrow() for name, frame in frames.items()}
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Free the cached stages of every question asked so far."""
+        for frame in self._cached:
+            frame.unpersist()
+        self._cached.clear()
+
+
+def worth_caching(plan: list[Stage]) -> set[str]:
+    """The stages to cache: those Spark would compute more than once, unless the plan says view.
+
+    Spark recomputes an uncached view in every query that reads it, so a stage is computed
+    as often as it is read, times how often its readers are computed: ``withdrawn`` is read
+    once, by ``live``, but ``live`` is read four times. A stage the plan marks as a view
+    (``live``: a filtered copy of nearly every record) is cheaper to recompute, with each
+    reader's own filters pushed into the Parquet scan, than to copy into memory.
+
+    >>> from civiscore.rulebook.load import demo_rulebook_path, load
+    >>> when = dt.datetime(2026, 1, 1)
+    >>> sorted(worth_caching(stages(load(demo_rulebook_path()), when, when, None)))
+    ['conduct_listings', 'decision_listings', 'matched', 'points', 'scores', 'withdrawn']
+    """
+    reads = {stage.name: _tables(stage.sql) for stage in plan}
+    snapshot: Counter[str] = Counter()
+    for sql in SNAPSHOT_SQL.values():
+        snapshot.update(_tables(sql))
+    runs: dict[str, int] = {}  # later stages: how many times each is computed
+    cached: set[str] = set()
+    for stage in reversed(plan):
+        runs[stage.name] = snapshot[stage.name] + sum(
+            reads[reader][stage.name] * (1 if reader in cached else n) for reader, n in runs.items()
+        )
+        if not stage.view and runs[stage.name] > 1:
+            cached.add(stage.name)
+    return cached
+
+
+def _tables(sql: str) -> Counter[str]:
+    """How many times a statement reads each table (a table named twice counts twice)."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    return Counter(t.name for t in tree.find_all(exp.Table) if t.name not in ctes)
+
+
+def _struct(schema: dict[str, DataType]) -> StructType:
+    return StructType([StructField(name, kind) for name, kind in schema.items()])
+
+
+def _check(spark: SparkSession, path: str, table: str, schema: dict[str, DataType]) -> None:
+    """Refuse a Parquet input with missing columns, or with types that would change results."""
+    if "://" not in path and not Path(path).exists():
+        raise SparkInputError(
+            f"{path}: no such file or directory; write the store's {table} table as Parquet "
+            "first (civiscore.engine.spark_engine.export_store)"
+        )
+    found = {f.name: f.dataType for f in spark.read.parquet(path).schema.fields}
+    problems = []
+    for column, wanted in schema.items():
+        got = found.get(column)
+        if got is None:
+            problems.append(f"column {column!r} is missing")
+        elif got != wanted:
+            problems.append(
+                f"column {column!r} is {got.simpleString()}, expected {wanted.simpleString()}"
+            )
+    if problems:
+        hint = (
+            "; write timestamps without a time zone, as DuckDB's TIMESTAMP is"
+            if any("timestamp" in p for p in problems)
+            else ""
+        )
+        raise SparkInputError(f"{path}: {table}: " + "; ".join(problems) + hint)
