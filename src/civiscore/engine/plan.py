@@ -157,7 +157,10 @@ def stages(
             WHERE r.received_at <= {K} AND r.occurred_at <= {T} AND r.retracts IS NULL{who}
               AND NOT EXISTS (SELECT 1 FROM withdrawn w WHERE w.department = r.department
                               AND w.record_id = r.record_id AND w.sid = r.sid)""",
-            view=True,
+            # For everyone, a view: its consumers' filters reach the scan of `records`. For a
+            # few subjects, a small table: otherwise each consumer scans every record again
+            # for them (four scans of 50 million records per refreshed submission).
+            view=sid is None,
         ),
         Stage(
             "matched",
