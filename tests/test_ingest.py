@@ -16,6 +16,8 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from civiscore.ingest.readers import FileError
 from civiscore.workspace import Workspace
@@ -212,7 +214,7 @@ def _big_csv(path: Path, rows: int) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_during_ingest_leaves_the_store_consistent_and_rerun_completes(
+def test_kill_9_during_ingest_stores_all_or_nothing_and_rerun_completes(
     tmp_path: Path,
 ) -> None:
     home = tmp_path / "home"
@@ -234,38 +236,101 @@ def test_kill_9_during_ingest_leaves_the_store_consistent_and_rerun_completes(
         "--json",
     ]
 
-    def stored() -> int:
+    def stored() -> tuple[int, int]:
+        """(records stored, ingest runs started and never finished)."""
         con = duckdb.connect(str(home / "store.duckdb"), read_only=True)
         try:
             n, distinct = con.execute(
                 "SELECT count(*), count(DISTINCT record_id) FROM records"
             ).fetchall()[0]
+            (unfinished,) = con.execute(
+                "SELECT count(*) FROM ingest_runs WHERE finished_at IS NULL"
+            ).fetchall()[0]
         finally:
             con.close()
         assert n == distinct, "a crash must never duplicate records"
-        return int(n)
+        assert n in (0, total), "a file is stored whole or not at all"
+        return int(n), int(unfinished)
 
     delay = 1.0
-    for _attempt in range(8):
+    for _attempt in range(10):
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        partial = stored()
-        if 0 < partial < total:
+        n, unfinished = stored()
+        if n == 0 and unfinished:  # killed while the file was being read, checked or stored
             break
-        if partial == total:  # finished before the kill: start again, kill sooner
+        if n == total:  # finished before the kill: start again, kill sooner
             (home / "store.duckdb").unlink()
             (home / "store.duckdb.wal").unlink(missing_ok=True)
             Workspace.init(home)[0].close()
             delay /= 2
-        else:
+        else:  # killed before the ingest began
             delay *= 1.5
     else:
         pytest.fail("could not interrupt the ingest in the middle")
     assert proc.returncode == -signal.SIGKILL
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     (summary,) = json.loads(done.stdout)
-    assert summary["accepted"] + summary["duplicates"] == total
-    assert summary["duplicates"] == partial
-    assert stored() == total
+    assert summary["accepted"] == total and summary["duplicates"] == 0
+    assert stored()[0] == total
+    # Re-running the finished file stores nothing twice.
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    (summary,) = json.loads(again.stdout)
+    assert summary["accepted"] == 0 and summary["duplicates"] == total
+
+
+# One file row: (record number, subject, quantity, whether the kind is valid).
+_rows = st.lists(
+    st.tuples(st.integers(1, 6), st.integers(1, 3), st.sampled_from([10, 20]), st.booleans()),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(files=st.lists(_rows, min_size=1, max_size=3))
+def test_repeated_record_ids_follow_first_accepted_wins(
+    tmp_path_factory: pytest.TempPathFactory, files: list[list[tuple[int, int, int, bool]]]
+) -> None:
+    """Within a file and across files, the first accepted row of a record_id is stored; later
+    rows with the same content are duplicates, with other content conflicts (rejected);
+    rejected rows never claim a record_id."""
+    home = tmp_path_factory.mktemp("home")
+    ws = Workspace.init(home)[0]
+    try:
+        stored: dict[int, tuple[int, int]] = {}
+        for i, rows in enumerate(files):
+            expect = {"accepted": 0, "duplicates": 0, "rejected": 0}
+            for n, subject, qty, valid in rows:
+                if not valid:
+                    expect["rejected"] += 1
+                elif n not in stored:
+                    stored[n] = (subject, qty)
+                    expect["accepted"] += 1
+                elif stored[n] == (subject, qty):
+                    expect["duplicates"] += 1
+                else:
+                    expect["rejected"] += 1
+            path = write_csv(
+                home / f"f{i}.csv",
+                [
+                    _good(n, subject_id=resident_id(s), quantity=q)
+                    if ok
+                    else _good(n, subject_id=resident_id(s), quantity=q, kind="transport.nope")
+                    for n, s, q, ok in rows
+                ],
+            )
+            got = ws.ingest("transport", path, received_at=RECEIVED)
+            assert {k: getattr(got, k) for k in expect} == expect
+        content = ws.store.con.execute(
+            "SELECT r.record_id, s.pseudonym, r.quantity FROM records r JOIN subjects s "
+            "USING (sid) ORDER BY r.record_id"
+        ).fetchall()
+        assert [(rid, q) for rid, _, q in content] == sorted(
+            (f"R{n}", float(q)) for n, (_, q) in stored.items()
+        )
+        assert len({p for _, p, _ in content}) == len({s for s, _ in stored.values()})
+    finally:
+        ws.close()

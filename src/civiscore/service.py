@@ -34,7 +34,14 @@ from civiscore.decisions.index import BatchAnswers, DecisionIndex
 from civiscore.home import load_key
 from civiscore.ids import pseudonym, pseudonym_sql, subject_type, valid_ids
 from civiscore.ingest.readers import FIELDS, RAW_SCHEMA
-from civiscore.ingest.validate import validate
+from civiscore.ingest.validate import (
+    CHECKED,
+    append_to_stage,
+    check_stage,
+    create_stage,
+    drop_stage,
+    rejects_sql,
+)
 from civiscore.recorder import Recorder
 from civiscore.rights.explain import Explanation, explain
 from civiscore.rulebook import registry
@@ -337,19 +344,22 @@ class Service(Operations):
             dep = rb.departments.get(party.department)
             if dep is None:
                 raise Invalid(f"department {party.department!r} is not in the rulebook in force")
-            raw = _raw_table(rows)
-            good, rejects = validate(
-                self.ws.store.con.cursor(), raw, party.department, dep, self.ws.key, at
-            )
-            result = self.ws.store.write_batch(party.department, good, at)
-            pseudonyms = good.column("pseudonym").to_pylist()
-            sids = [
-                r[0]
-                for r in self.ws.store.con.execute(
-                    "SELECT sid FROM subjects WHERE list_contains($p, pseudonym)",
-                    {"p": pseudonyms},
-                ).fetchall()
-            ]
+            con = self.ws.store.con
+            create_stage(con)
+            try:
+                append_to_stage(con, _raw_table(rows))
+                check_stage(con, party.department, dep, self.ws.key, at)
+                rejects = con.sql(rejects_sql()).to_arrow_table()
+                pseudonyms = [
+                    str(r[0])
+                    for r in con.execute(
+                        f"SELECT DISTINCT pseudonym FROM {CHECKED} WHERE field IS NULL"
+                    ).fetchall()
+                ]
+                result = self.ws.store.write_checked(party.department, CHECKED, at, want_sids=True)
+            finally:
+                drop_stage(con)
+            sids = result.sids or []
         problems = [
             RowProblem(int(r["row"]) - 1, str(r["field"]), str(r["reason"]))
             for r in rejects.select(["row", "field", "reason"]).to_pylist()

@@ -9,9 +9,11 @@ Memory stays bounded by the batch size whatever the file size.
 from __future__ import annotations
 
 import csv
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Full, Queue
 
 import duckdb
 import numpy as np
@@ -108,6 +110,47 @@ def read_batches(
         yield from _jsonl_batches(info, batch_rows, progress)
     else:
         yield from _parquet_batches(info, batch_rows, progress)
+
+
+def read_ahead(batches: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table]:
+    """Yield ``batches`` while a thread reads the next ones.
+
+    Parsing (pyarrow) and staging (DuckDB) both release the GIL, so on two cores reading the
+    next batch overlaps with storing this one. An error in the reader is raised here.
+    """
+    done = object()
+    queue: Queue[object] = Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        queue.put(item, timeout=0.1)
+                        break
+                    except Full:
+                        continue
+                if stop.is_set():
+                    return
+            queue.put(done)
+        except BaseException as exc:  # handed to the consumer, which raises it
+            queue.put(exc)
+
+    thread = threading.Thread(target=produce, name="civiscore-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = queue.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, pa.Table)
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _standardise(columns: dict[str, pa.Array], n: int, row0: int, line: pa.Array) -> pa.Table:

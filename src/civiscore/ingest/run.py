@@ -1,9 +1,9 @@
 """Ingest one department file: read → validate → store, with a rejects file for the rest.
 
-Each batch is stored in its own transaction. Re-running the same (or an overlapping) file adds
-nothing twice: rows already stored count as duplicates. After a crash, re-running completes
-the file. The rejects file is rewritten whole on each run, so it always describes the file
-as it is now.
+A file is staged, checked and stored whole, in one transaction. Re-running the same (or an
+overlapping) file adds nothing twice: rows already stored count as duplicates. After a crash,
+re-running stores the file. The rejects file is rewritten whole on each run, so it always
+describes the file as it is now.
 """
 
 from __future__ import annotations
@@ -17,11 +17,24 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from civiscore.ingest.readers import BATCH_ROWS, FileError, open_file, read_batches
-from civiscore.ingest.validate import REJECT_SCHEMA, validate
+from civiscore.ingest.readers import (
+    BATCH_ROWS,
+    FileError,
+    open_file,
+    read_ahead,
+    read_batches,
+)
+from civiscore.ingest.validate import (
+    CHECKED,
+    REJECT_SCHEMA,
+    append_to_stage,
+    check_stage,
+    create_stage,
+    drop_stage,
+    rejects_sql,
+)
 from civiscore.rulebook.model import Rulebook
 from civiscore.store.duckdb_store import DuckDBStore
 from civiscore.timeutil import now_local
@@ -68,11 +81,15 @@ def ingest_file(
     received_at: dt.datetime | None = None,
     batch_rows: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
 ) -> IngestSummary:
-    """Ingest ``path`` for ``department``; ``progress(done, total)`` is in bytes.
+    """Ingest ``path`` for ``department``; ``progress(done, total)`` is in bytes read.
 
-    Rows are stored in transactions of ``batch_rows`` (default ``$CIVISCORE_BATCH_ROWS`` or
-    500,000): memory stays bounded and a crash loses at most the batch in flight.
+    The file is read in batches of ``batch_rows`` (default ``$CIVISCORE_BATCH_ROWS`` or
+    500,000) into a temporary stage, which DuckDB spills to disk, so memory stays bounded.
+    Then the whole file is checked and stored set-based, in one transaction: a crash stores
+    none of the file, and re-running stores it whole. ``on_phase`` hears when reading ends
+    and checking begins.
     """
     dep = rulebook.departments.get(department)
     if dep is None:
@@ -83,34 +100,31 @@ def ingest_file(
     info = open_file(path)
     received = received_at or now_local()
     summary = IngestSummary(department, str(path), ignored_columns=info.ignored_columns)
-    run = store.next_batch_id()
-    store.start_run(run, department, str(path), received)
     out = rejects_path(home, department, path)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
-    vcon = duckdb.connect()
     rows_per_batch = batch_rows or int(os.environ.get("CIVISCORE_BATCH_ROWS", BATCH_ROWS))
 
     def report(done: int) -> None:
         if progress:
             progress(done, info.size)
 
-    with pacsv.CSVWriter(str(partial), REJECT_SCHEMA) as writer:
-        for raw in read_batches(info, rows_per_batch, progress=report):
+    con = store.con
+    run = store.next_batch_id()
+    store.start_run(run, department, str(path), received)
+    create_stage(con)
+    try:
+        for raw in read_ahead(read_batches(info, rows_per_batch, progress=report)):
             summary.rows += raw.num_rows
-            good, rejects = validate(vcon, raw, department, dep, key, received)
-            result = store.write_batch(department, good, received, run)
-            summary.accepted += result.accepted
-            summary.duplicates += result.duplicates
-            if result.conflicts.num_rows:
-                rejects = _with_conflicts(rejects, result.conflicts, good)
-            if rejects.num_rows:
-                writer.write_table(rejects)
-                summary.rejected += rejects.num_rows
-                summary.reasons.update(
-                    dict(zip(*_value_counts(rejects.column("field")), strict=True))
-                )
-    vcon.close()
+            append_to_stage(con, raw)
+        if on_phase:
+            on_phase("checking and storing")
+        check_stage(con, department, dep, key, received)
+        result = store.write_checked(department, CHECKED, received, run)
+        summary.accepted, summary.duplicates = result.accepted, result.duplicates
+        summary.rejected = _write_rejects(con, result.conflicts, partial, summary.reasons)
+    finally:
+        drop_stage(con)
     if summary.rejected:
         os.replace(partial, out)
         summary.rejects_file = str(out)
@@ -130,37 +144,27 @@ def ingest_file(
     return summary
 
 
-def _value_counts(col: pa.ChunkedArray) -> tuple[list[str], list[int]]:
-    counts = pc.value_counts(col.combine_chunks())
-    return counts.field("values").to_pylist(), counts.field("counts").to_pylist()
-
-
-def _with_conflicts(rejects: pa.Table, conflicts: pa.Table, good: pa.Table) -> pa.Table:
-    """Add rows the store refused (same record_id, different content) to the rejects."""
-    rows = conflicts.column("row")
-    mask = pc.is_in(good.column("row"), value_set=rows.combine_chunks())
-    bad = good.filter(mask)
-    n = bad.num_rows
-    extra = pa.table(
-        {
-            "row": bad.column("row"),
-            "line": bad.column("line"),
-            "field": pa.array(["record_id"] * n, pa.string()),
-            "reason": pc.binary_join_element_wise(
-                "record_id ",
-                bad.column("record_id"),
-                " is already stored with different content; records are never edited: send a "
-                "new record with retracts = that record_id and, if needed, a replacement",
-                "",
-            ),
-            "record_id": bad.column("record_id"),
-            "subject_id_masked": pa.nulls(n, pa.string()),
-            "kind": bad.column("kind"),
-            "occurred_at": pc.cast(bad.column("occurred_at"), pa.string()),
-            "quantity": pc.cast(bad.column("quantity"), pa.string()),
-            "reference": bad.column("reference"),
-            "retracts": bad.column("retracts"),
-        },
-        schema=REJECT_SCHEMA,
-    )
-    return pa.concat_tables([rejects, extra]).sort_by("row")
+def _write_rejects(
+    con: duckdb.DuckDBPyConnection, conflicts: pa.Table, path: Path, reasons: Counter[str]
+) -> int:
+    """Write the staged file's rejects, conflicts included, to ``path``; count them by field."""
+    con.register("ingest_conflicts", conflicts)
+    try:
+        con.execute(
+            "CREATE OR REPLACE TEMP TABLE ingest_rejects AS "
+            + rejects_sql("ingest_conflicts" if conflicts.num_rows else None)
+        )
+    finally:
+        con.unregister("ingest_conflicts")
+    try:
+        for field_name, n in con.execute(
+            "SELECT field, count(*) FROM ingest_rejects GROUP BY field"
+        ).fetchall():
+            reasons[str(field_name)] += int(n)
+        reader = con.sql("SELECT * FROM ingest_rejects ORDER BY row").to_arrow_reader(100_000)
+        with pacsv.CSVWriter(str(path), REJECT_SCHEMA) as writer:
+            for batch in reader:
+                writer.write_table(pa.Table.from_batches([batch]).cast(REJECT_SCHEMA))
+        return sum(reasons.values())
+    finally:
+        con.execute("DROP TABLE IF EXISTS ingest_rejects")

@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 
 from civiscore.ids import id_types, pseudonym_sql
+from civiscore.ingest.readers import RAW_SCHEMA
 from civiscore.rulebook.model import Department
 from civiscore.store.base import BATCH_SCHEMA
 from civiscore.timeutil import sql_timestamp
@@ -67,15 +68,71 @@ def _catalogue_sql(dep: Department) -> str:
     )
 
 
-def validate(
+# Staged rows: the raw strings trimmed (and the ID upper-cased), so each check reads a column
+# instead of re-trimming; ``raw_occ`` keeps occurred_at as sent only where trimming changed it,
+# so a rejects file still shows what the department wrote.
+_STAGE_SELECT = """
+SELECT row, line, malformed,
+  nullif(trim(record_id), '') AS record_id,
+  nullif(upper(trim(subject_id)), '') AS subject_id,
+  nullif(trim(kind), '') AS kind,
+  nullif(trim(occurred_at), '') AS occ,
+  nullif(trim(quantity), '') AS qty,
+  nullif(trim(reference), '') AS reference,
+  nullif(trim(retracts), '') AS retracts,
+  CASE WHEN occurred_at IS DISTINCT FROM nullif(trim(occurred_at), '') THEN occurred_at END
+    AS raw_occ
+FROM ingest_raw_batch
+"""
+
+# Temp tables of the connection that stages a file (one file at a time per connection).
+STAGE = "ingest_stage"
+IDS = "ingest_ids"
+CHECKED = "ingest_checked"
+_RAW = "ingest_raw_batch"
+
+# How many distinct IDs are type-checked in one numpy pass (bounds that pass's memory).
+_ID_CHUNK = 1_000_000
+
+
+def create_stage(con: duckdb.DuckDBPyConnection) -> None:
+    """An empty stage in ``con``: a temporary table, which DuckDB spills to disk if it must."""
+    con.register(_RAW, RAW_SCHEMA.empty_table())
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {STAGE} AS {_STAGE_SELECT} LIMIT 0")
+    finally:
+        con.unregister(_RAW)
+
+
+def append_to_stage(con: duckdb.DuckDBPyConnection, raw: pa.Table) -> None:
+    """Add one batch of raw rows (``readers.RAW_SCHEMA``) to the stage."""
+    con.register(_RAW, raw)
+    try:
+        con.execute(f"INSERT INTO {STAGE} {_STAGE_SELECT}")
+    finally:
+        con.unregister(_RAW)
+
+
+def drop_stage(con: duckdb.DuckDBPyConnection) -> None:
+    """Forget the staged file, raw IDs included."""
+    for name in (CHECKED, IDS, STAGE):
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+
+
+def check_stage(
     con: duckdb.DuckDBPyConnection,
-    raw: pa.Table,
     department: str,
     dep: Department,
     key: bytes,
     received_at: dt.datetime,
-) -> tuple[pa.Table, pa.Table]:
-    """Split a raw batch into (accepted rows in ``BATCH_SCHEMA``, rejects in ``REJECT_SCHEMA``)."""
+) -> None:
+    """Check every staged row at once, into the temp table :data:`CHECKED`.
+
+    Accepted rows have ``field`` NULL and carry the ``BATCH_SCHEMA`` columns, with the keyed
+    pseudonym in place of the ID. Rejected rows name their ``field`` and a ``reason`` that says
+    what to fix, and keep the text the department sent for the rejects file.
+    """
+    _check_ids(con, key)
     known = ", ".join(sorted(dep.kinds))
     dep_q = _q(department)
     checks: list[tuple[str, str, str]] = [
@@ -171,62 +228,81 @@ def validate(
     ]
     field_case = "CASE " + " ".join(f"WHEN {c} THEN {f}" for c, f, _ in checks) + " END"
     reason_case = "CASE " + " ".join(f"WHEN {c} THEN {m}" for c, _, m in checks) + " END"
-    # The ID checks run on a byte matrix (ids.id_types), not in SQL, where they were the
-    # costliest part of validation; the ID is normalised by the same SQL as below first.
-    con.register("raw_batch_ids", raw.select(["subject_id"]))
-    try:
-        normalised = con.sql(
-            "SELECT nullif(upper(trim(subject_id)), '') AS s FROM raw_batch_ids"
-        ).to_arrow_table()
-    finally:
-        con.unregister("raw_batch_ids")
-    types = pa.array(id_types(normalised.column("s")))
-    con.register("raw_batch", raw.append_column("id_type", types))
+    # Only rejected rows pay for a reason and keep their raw text.
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE checked AS
-        WITH n AS (
-          SELECT row, line, malformed,
-            nullif(trim(record_id), '') AS record_id,
-            nullif(upper(trim(subject_id)), '') AS subject_id,
-            nullif(trim(kind), '') AS kind,
-            nullif(trim(occurred_at), '') AS occ,
-            nullif(trim(quantity), '') AS qty,
-            nullif(trim(reference), '') AS reference,
-            nullif(trim(retracts), '') AS retracts,
-            occurred_at AS raw_occ, id_type
-          FROM raw_batch
-        ), p AS (
-          SELECT n.*, {_PARSE_TS} AS ts, try_cast(qty AS DOUBLE) AS qnum,
-            CASE id_type WHEN 1 THEN 'person' WHEN 2 THEN 'organisation' END AS subject_type
-          FROM n
+        CREATE OR REPLACE TEMP TABLE {CHECKED} AS
+        WITH p AS (
+          SELECT s.*, {_PARSE_TS} AS ts, try_cast(qty AS DOUBLE) AS qnum, i.pseudonym,
+            CASE i.id_type WHEN 1 THEN 'person' WHEN 2 THEN 'organisation' END AS subject_type
+          FROM {STAGE} s LEFT JOIN {IDS} i ON i.subject_id = s.subject_id
+        ), f AS (
+          SELECT r.*, c.*, {field_case} AS field
+          FROM p r LEFT JOIN ({_catalogue_sql(dep)}) c ON c.cat_kind = r.kind
         )
-        SELECT r.*, c.*,
-               {field_case} AS field, {reason_case} AS reason
-        FROM p r LEFT JOIN ({_catalogue_sql(dep)}) c ON c.cat_kind = r.kind
+        SELECT row, line, record_id, pseudonym, subject_type, kind, ts AS occurred_at,
+               qnum AS quantity, reference, retracts, field,
+               CASE WHEN field IS NOT NULL THEN {reason_case} END AS reason,
+               CASE WHEN field IS NOT NULL THEN subject_id END AS subject_id,
+               CASE WHEN field IS NOT NULL THEN coalesce(raw_occ, occ) END AS occ_text,
+               CASE WHEN field IS NOT NULL THEN qty END AS qty_text
+        FROM f
         """
     )
-    con.unregister("raw_batch")
-    good = con.sql(
-        f"""
-        SELECT row, line, record_id, {pseudonym_sql(key, "subject_id")} AS pseudonym,
-               subject_type, kind, ts AS occurred_at, qnum AS quantity, reference, retracts
-        FROM checked WHERE field IS NULL ORDER BY row
-        """
+
+
+def _check_ids(con: duckdb.DuckDBPyConnection, key: bytes) -> None:
+    """Type-check and pseudonymise each distinct staged ID once, into :data:`IDS`.
+
+    A file names each subject many times: the check digits (on a numpy byte matrix,
+    :func:`ids.id_types`) and the keyed hash, the costliest checks, run once per distinct ID.
+    """
+    distinct = con.sql(
+        f"SELECT DISTINCT subject_id FROM {STAGE} WHERE length(subject_id) = 18"
     ).to_arrow_table()
-    rejects = con.sql(
-        """
+    column = distinct.column("subject_id")
+    types = [id_types(column.slice(i, _ID_CHUNK)) for i in range(0, len(column), _ID_CHUNK)]
+    id_type = pa.chunked_array([pa.array(t) for t in types], pa.int8())
+    con.register(_RAW, distinct.append_column("id_type", id_type))
+    try:
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE {IDS} AS
+            SELECT subject_id, id_type,
+                   CASE WHEN id_type > 0 THEN {pseudonym_sql(key, "subject_id")} END AS pseudonym
+            FROM {_RAW}
+            """
+        )
+    finally:
+        con.unregister(_RAW)
+
+
+def rejects_sql(conflicts: str | None = None) -> str:
+    """The staged file's rejects in ``REJECT_SCHEMA`` columns, in file order.
+
+    ``conflicts`` names a relation of accepted rows the store refused (a record_id already
+    stored with other content), in ``BATCH_SCHEMA`` columns.
+    """
+    sql = f"""
         SELECT row, line, field, reason, record_id,
           CASE WHEN subject_id IS NULL THEN NULL
                WHEN length(subject_id) >= 10
                  THEN left(subject_id, 6) || repeat('*', length(subject_id) - 10)
                       || right(subject_id, 4)
                ELSE repeat('*', length(subject_id)) END AS subject_id_masked,
-          kind, raw_occ AS occurred_at, qty AS quantity, reference, retracts
-        FROM checked WHERE field IS NOT NULL ORDER BY row
-        """
-    ).to_arrow_table()
-    return good.cast(BATCH_SCHEMA), rejects.cast(REJECT_SCHEMA)
+          kind, occ_text AS occurred_at, qty_text AS quantity, reference, retracts
+        FROM {CHECKED} WHERE field IS NOT NULL"""
+    if conflicts is not None:
+        sql += f"""
+        UNION ALL
+        SELECT row, line, 'record_id',
+          'record_id ' || record_id || ' is already stored with different content; records '
+          || 'are never edited: send a new record with retracts = that record_id and, if '
+          || 'needed, a replacement',
+          record_id, NULL, kind, CAST(occurred_at AS VARCHAR), CAST(quantity AS VARCHAR),
+          reference, retracts
+        FROM {conflicts}"""
+    return sql + "\nORDER BY row"
 
 
 def mask_subject_id(raw: str) -> str:

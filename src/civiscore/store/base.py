@@ -33,13 +33,14 @@ BATCH_SCHEMA = pa.schema(
 class BatchResult:
     """What happened to one batch: rows stored, rows already stored, and conflicts.
 
-    ``conflicts`` holds ``row``, ``line`` and ``record_id`` of rows whose record_id was already
-    stored (or seen earlier in the same file) with different content.
+    ``conflicts`` holds the rows (``BATCH_SCHEMA``) whose record_id was already stored (or seen
+    earlier in the same file) with different content.
     """
 
     accepted: int
     duplicates: int
     conflicts: pa.Table
+    sids: list[int] | None = None  # the batch's subjects, when asked for
 
 
 @dataclass(frozen=True)

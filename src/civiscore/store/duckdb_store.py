@@ -90,9 +90,11 @@ CREATE TABLE IF NOT EXISTS snapshot_listings (
 );
 """
 
-_SAME = " AND ".join(
-    f"a.{c} IS NOT DISTINCT FROM b.{c}"
-    for c in ("sid", "kind", "occurred_at", "quantity", "reference", "retracts")
+_CONTENT = ("kind", "occurred_at", "quantity", "reference", "retracts")
+# Same content: the same subject and fields; ``a`` is the incoming row, ``b`` the earlier one.
+_SAME_IN_FILE = " AND ".join(f"a.{c} IS NOT DISTINCT FROM b.{c}" for c in ("pseudonym", *_CONTENT))
+_SAME_AS_STORED = " AND ".join(
+    ["i.sid = b.sid"] + [f"a.{c} IS NOT DISTINCT FROM b.{c}" for c in _CONTENT]
 )
 
 
@@ -182,77 +184,123 @@ class DuckDBStore:
     def write_batch(
         self, department: str, batch: pa.Table, received_at: dt.datetime, run: int = 0
     ) -> BatchResult:
-        """Store the new rows of a validated batch in one transaction.
+        """Store the new rows of a validated batch (``BATCH_SCHEMA``) in one transaction."""
+        self.con.register("ingest_batch", batch)
+        try:
+            return self.write_checked(
+                department, "(SELECT *, NULL AS field FROM ingest_batch)", received_at, run
+            )
+        finally:
+            self.con.unregister("ingest_batch")
 
-        A row whose ``record_id`` is already stored for the department with the same content
-        is a duplicate (re-ingest); with different content it is a conflict, left for the
-        caller to reject: corrections are new records that retract the old one.
+    def write_checked(
+        self,
+        department: str,
+        checked: str,
+        received_at: dt.datetime,
+        run: int = 0,
+        *,
+        want_sids: bool = False,
+    ) -> BatchResult:
+        """Store the accepted rows of a checked file (``field`` NULL) in one transaction.
+
+        ``checked`` is a relation of this connection with the ``BATCH_SCHEMA`` columns and
+        ``field``. A row whose ``record_id`` is already stored for the department with the same
+        content is a duplicate (re-ingest); with different content it is a conflict, left for
+        the caller to reject: corrections are new records that retract the old one. The same
+        holds for a record_id repeated within the file: its first row counts.
+
+        Each step is one set-based statement over the whole file: the store's subjects and the
+        department's records are each scanned once per file, not once per batch.
         """
         con = self.con
-        con.register("incoming", batch)
+        good = f"(SELECT * FROM {checked} WHERE field IS NULL)"
         try:
             con.execute("BEGIN TRANSACTION")
+            # The file's subjects, numbered if new; the anti-join builds on the file's side.
+            con.execute(
+                f"""
+                CREATE OR REPLACE TEMP TABLE ingest_subjects AS
+                SELECT pseudonym, any_value(subject_type) AS subject_type
+                FROM {good} GROUP BY pseudonym
+                """
+            )
             con.execute(
                 """
                 INSERT INTO subjects
                 SELECT (SELECT coalesce(max(sid), 0) FROM subjects)
                        + row_number() OVER (ORDER BY n.pseudonym), n.pseudonym, n.subject_type
-                FROM (SELECT DISTINCT pseudonym, subject_type FROM incoming) n
+                FROM ingest_subjects n
                 WHERE NOT EXISTS (SELECT 1 FROM subjects s WHERE s.pseudonym = n.pseudonym)
                 """
             )
             con.execute(
                 """
-                CREATE OR REPLACE TEMP TABLE cand AS
-                SELECT i.row, i.line, i.record_id, s.sid, i.kind, i.occurred_at, i.quantity,
-                       i.reference, i.retracts,
-                       row_number() OVER (PARTITION BY i.record_id ORDER BY i.row) AS nth
-                FROM incoming i JOIN subjects s ON s.pseudonym = i.pseudonym
+                CREATE OR REPLACE TEMP TABLE ingest_sids AS
+                SELECT s.pseudonym, s.sid FROM subjects s
+                WHERE s.pseudonym IN (SELECT pseudonym FROM ingest_subjects)
                 """
             )
+            # Rows whose record_id was seen before: in the store, or earlier in this file.
             con.execute(
                 f"""
-                CREATE OR REPLACE TEMP TABLE classified AS
-                SELECT a.*,
-                  CASE
-                    WHEN s.record_id IS NOT NULL THEN
-                      CASE WHEN {_SAME.replace("b.", "s.")} THEN 'duplicate' ELSE 'conflict' END
-                    WHEN a.nth > 1 THEN
-                      CASE WHEN {_SAME.replace("b.", "f.")} THEN 'duplicate' ELSE 'conflict' END
-                    ELSE 'new'
-                  END AS status
-                FROM cand a
-                LEFT JOIN (SELECT * FROM records WHERE department = $dep) s
-                  ON s.record_id = a.record_id
-                LEFT JOIN cand f ON f.record_id = a.record_id AND f.nth = 1 AND a.nth > 1
+                CREATE OR REPLACE TEMP TABLE ingest_clash AS
+                WITH stored AS (
+                  SELECT a.row,
+                    CASE WHEN {_SAME_AS_STORED} THEN 'duplicate' ELSE 'conflict' END AS status
+                  FROM {good} a
+                  JOIN records b ON b.department = $dep AND b.record_id = a.record_id
+                  JOIN ingest_sids i ON i.pseudonym = a.pseudonym
+                ), repeated AS (
+                  SELECT record_id, min(row) AS first FROM {good}
+                  GROUP BY record_id HAVING count(*) > 1
+                ), again AS (
+                  SELECT a.row,
+                    CASE WHEN {_SAME_IN_FILE} THEN 'duplicate' ELSE 'conflict' END AS status
+                  FROM {good} a JOIN repeated r ON r.record_id = a.record_id AND a.row > r.first
+                  JOIN {good} b ON b.row = r.first
+                  WHERE a.row NOT IN (SELECT row FROM stored)
+                )
+                SELECT * FROM stored UNION ALL SELECT * FROM again
                 """,
                 {"dep": department},
             )
-            con.execute(
-                """
+            inserted = first_row(
+                con,
+                f"""
                 INSERT INTO records
-                SELECT $dep, record_id, sid, kind, occurred_at, quantity, reference, retracts,
-                       $received, $run
-                FROM classified WHERE status = 'new' ORDER BY row
+                SELECT $dep, a.record_id, i.sid, a.kind, a.occurred_at, a.quantity, a.reference,
+                       a.retracts, $received, $run
+                FROM {good} a JOIN ingest_sids i USING (pseudonym)
+                WHERE NOT EXISTS (SELECT 1 FROM ingest_clash c WHERE c.row = a.row)
+
                 """,
                 {"dep": department, "received": received_at, "run": run},
             )
-            counts = first_row(
-                con,
-                "SELECT count(*) FILTER (status = 'new'), count(*) FILTER (status = 'duplicate') "
-                "FROM classified",
+            duplicates = first_row(
+                con, "SELECT count(*) FROM ingest_clash WHERE status = 'duplicate'"
             )
             conflicts = con.sql(
-                "SELECT row, line, record_id FROM classified WHERE status = 'conflict' ORDER BY row"
+                f"""
+                SELECT a.* EXCLUDE (field) FROM {good} a
+                WHERE a.row IN (SELECT row FROM ingest_clash WHERE status = 'conflict')
+                ORDER BY a.row
+                """
             ).to_arrow_table()
+            sids = (
+                [int(r[0]) for r in con.execute("SELECT sid FROM ingest_sids").fetchall()]
+                if want_sids
+                else None
+            )
             con.execute("COMMIT")
         except BaseException:
             con.execute("ROLLBACK")
             raise
         finally:
-            con.unregister("incoming")
-        assert counts is not None
-        return BatchResult(int(counts[0]), int(counts[1]), conflicts)
+            for name in ("ingest_subjects", "ingest_sids", "ingest_clash"):
+                con.execute(f"DROP TABLE IF EXISTS {name}")
+        assert inserted is not None and duplicates is not None
+        return BatchResult(int(inserted[0]), int(duplicates[0]), conflicts, sids)
 
     def withdraw(
         self, department: str, record_id: str, by_record_id: str, at: dt.datetime
