@@ -10,7 +10,8 @@ Stages (each a table built from the previous ones):
 ``withdrawn``  records retracted by a later record known by K (same department and subject)
 ``live``       records known by K, occurred by T, not retractions themselves, not withdrawn
 ``matched``    live records joined to the rule (and dated value) in force when they occurred
-``points``     matched records still counting at T, with merit caps applied per calendar year
+``points``     matched records still counting at T, with merit caps applied per calendar year;
+               for many subjects, only their totals per context
 ``decision_listings`` / ``conduct_listings``   listing instances active at T
 ``scores``     base + points per subject, the band, and the grave-sanction cap
 ``benefits``   redlists triggered by the (capped) band, suppressed by any grave sanction
@@ -66,7 +67,7 @@ def _periods(rule: Rule, value: DatedNumber) -> list[tuple[dt.date, dt.date | No
 def rules_values_sql(rb: Rulebook) -> str:
     """The rules as a VALUES relation, one row per rule and period of its dated value."""
     rows = []
-    for rule in rb.rules:
+    for no, rule in enumerate(rb.rules):
         per_unit = rule.points_per_unit is not None
         value = rule.points_per_unit if per_unit else rule.points
         assert value is not None
@@ -76,7 +77,7 @@ def rules_values_sql(rb: Rulebook) -> str:
         vd = rule.valid_for.days if rule.valid_for else None
         for start, until, v in _periods(rule, value):
             rows.append(
-                f"({_q(rule.id)}, {_q(rule.kind)}, {_q(_context_of(rb, rule.kind))}, "
+                f"({no}, {_q(rule.id)}, {_q(rule.kind)}, {_q(_context_of(rb, rule.kind))}, "
                 f"{rule_sign(rule)}, {_num(lo)}, {_num(hi)}, {str(per_unit).lower()}, {_num(v)}, "
                 f"{_num(rule.max_points_per_record)}, {vm if vm is not None else 'NULL'}, "
                 f"{vd if vd is not None else 'NULL'}, "
@@ -84,12 +85,26 @@ def rules_values_sql(rb: Rulebook) -> str:
             )
     if not rows:
         rows.append(
-            "(NULL, NULL, NULL, 0, NULL, NULL, false, 0, NULL, NULL, NULL, NULL, NULL, NULL)"
+            "(NULL, NULL, NULL, NULL, 0, NULL, NULL, false, 0, NULL, NULL, NULL, NULL, NULL, NULL)"
         )
     return (
-        "(SELECT * FROM (VALUES " + ",\n".join(rows) + ") AS rv(rule_id, kind, context, sign, "
+        "(SELECT * FROM (VALUES " + ",\n".join(rows) + ") AS rv(rule_no, rule_id, kind, context, "
+        "sign, "
         "q_lo, q_hi, per_unit, value, max_per_record, valid_m, valid_d, cap, v_from, v_until) "
         "WHERE rule_id IS NOT NULL)"
+    )
+
+
+def rule_caps_sql(rb: Rulebook) -> str:
+    """One row per rule: its number in :func:`rules_values_sql`, context and yearly cap."""
+    rows = [
+        f"({no}, {_q(_context_of(rb, rule.kind))}, "
+        f"{_num(rule.cap.max_points if rule.cap else None)})"
+        for no, rule in enumerate(rb.rules)
+    ] or ["(NULL, NULL, NULL)"]
+    return (
+        "(SELECT * FROM (VALUES " + ", ".join(rows) + ") AS rc(rule_no, context, cap) "
+        "WHERE rule_no IS NOT NULL)"
     )
 
 
@@ -132,11 +147,13 @@ def stages(
         who = f" AND sid = {int(sid)}"
     else:
         who = f" AND sid IN ({', '.join(str(int(s)) for s in sid) or 'NULL'})"
+    who_r = who.replace(" sid ", " r.sid ")
     # Expired matches only matter to one subject's explanation ("stopped counting on …"); for
     # the population or a set of subjects they are dropped at once rather than stored.
+    one = isinstance(sid, int)
     still_counting = (
         ""
-        if isinstance(sid, int)
+        if one
         else f"\n              AND (rv.valid_m IS NULL OR l.occurred_at + to_months(rv.valid_m)"
         f" + to_days(rv.valid_d) > {T})"
     )
@@ -154,9 +171,10 @@ def stages(
             f"""SELECT r.department, r.record_id, r.sid, r.kind, r.occurred_at, r.quantity,
                    r.reference, r.received_at
             FROM records r
-            WHERE r.received_at <= {K} AND r.occurred_at <= {T} AND r.retracts IS NULL{who}
-              AND NOT EXISTS (SELECT 1 FROM withdrawn w WHERE w.department = r.department
-                              AND w.record_id = r.record_id AND w.sid = r.sid)""",
+            LEFT JOIN withdrawn w ON w.sid = r.sid AND w.department = r.department
+                                 AND w.record_id = r.record_id
+            WHERE r.received_at <= {K} AND r.occurred_at <= {T} AND r.retracts IS NULL{who_r}
+              AND w.sid IS NULL""",
             # For everyone, a view: its consumers' filters reach the scan of `records`. For a
             # few subjects, a small table: otherwise each consumer scans every record again
             # for them (four scans of 50 million records per refreshed submission).
@@ -164,8 +182,8 @@ def stages(
         ),
         Stage(
             "matched",
-            f"""SELECT l.department, l.record_id, l.sid, l.kind, l.occurred_at, rv.rule_id,
-                   rv.context, rv.cap,
+            f"""SELECT l.department, l.record_id, l.sid, l.kind, l.occurred_at, rv.rule_no,
+                   rv.rule_id, rv.context, rv.cap,
                    CAST(CASE WHEN rv.per_unit
                         THEN rv.sign * least(abs(round(rv.value * l.quantity, 2)),
                                              coalesce(rv.max_per_record, 1e15))
@@ -179,8 +197,12 @@ def stages(
              AND (rv.q_lo IS NULL OR l.quantity >= rv.q_lo)
              AND (rv.q_hi IS NULL OR l.quantity < rv.q_hi)
             WHERE NOT (rv.per_unit AND l.quantity IS NULL){still_counting}""",
+            # For one subject a table, read twice; otherwise only the totals below read it.
+            view=not one,
         ),
-        Stage(
+        _totals(rb, T)
+        if not one
+        else Stage(
             "points",
             f"""SELECT department, record_id, sid, kind, occurred_at, rule_id, context,
                    counts_until, raw_points, raw_points AS points
@@ -225,6 +247,33 @@ def stages(
         Stage("benefits", _benefits_sql(rb)),
     ]
     return out
+
+
+def _totals(rb: Rulebook, T: str) -> Stage:
+    """``points`` for many subjects: their points per context, without a row per record.
+
+    One subject's explanation needs each record's points, with the yearly merit cap applied
+    record by record in time order (the window above). A total needs less: caps apply to
+    merits only (positive points, a positive cap, kept to the hundredth; see the rulebook's
+    safeguards), and filling a cap record by record in any order then gives
+    ``least(sum of the year's points, cap)`` for each subject, rule and year. So the total is
+    two aggregations instead of a sort of every capped record, and equals the sum of the
+    explanation's lines (pinned by a property test).
+    """
+    return Stage(
+        "points",
+        f"""SELECT m.sid, rc.context,
+               sum(CASE WHEN rc.cap IS NULL THEN m.total
+                        ELSE CAST(least(m.total, rc.cap) AS {POINTS}) END) AS points
+        FROM (SELECT sid, rule_no,
+                     CASE WHEN cap IS NOT NULL THEN year(occurred_at) END AS cap_year,
+                     sum(raw_points) AS total
+              FROM matched
+              WHERE counts_until IS NULL OR counts_until > {T}
+              GROUP BY sid, rule_no, cap_year) m
+        JOIN {rule_caps_sql(rb)} rc ON rc.rule_no = m.rule_no
+        GROUP BY m.sid, rc.context""",
+    )
 
 
 def _decision_listings_sql(rb: Rulebook, T: str) -> str:

@@ -15,7 +15,6 @@ import pyarrow as pa
 from civiscore.ids import id_types, pseudonym_sql
 from civiscore.ingest.readers import RAW_SCHEMA
 from civiscore.rulebook.model import Department
-from civiscore.store.base import BATCH_SCHEMA
 from civiscore.timeutil import sql_timestamp
 
 REJECT_SCHEMA = pa.schema(

@@ -180,6 +180,15 @@ class Cap(Strict):
     max_points: float = Field(gt=0)
     per: Literal["calendar_year"] = "calendar_year"
 
+    @field_validator("max_points")
+    @classmethod
+    def _hundredths(cls, value: float) -> float:
+        # Points are kept to the hundredth; a finer cap could not be reached exactly, and the
+        # engine relies on it to total capped merits without ordering them.
+        if round(value, 2) != value:
+            raise ValueError(f"a cap is kept to the hundredth, as points are: {round(value, 2)}")
+        return value
+
 
 class Rule(Strict):
     id: str = Field(pattern=r"^[a-z][a-z0-9_.\-]*$")
