@@ -186,7 +186,9 @@ class Cap(Strict):
         # Points are kept to the hundredth; a finer cap could not be reached exactly, and the
         # engine relies on it to total capped merits without ordering them.
         if round(value, 2) != value:
-            raise ValueError(f"a cap is kept to the hundredth, as points are: {round(value, 2)}")
+            raise ValueError(
+                f"a cap is kept to the hundredth, as points are: write {round(value, 2)}"
+            )
         return value
 
 
