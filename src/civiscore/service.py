@@ -36,6 +36,7 @@ from civiscore.ids import pseudonym, pseudonym_sql, subject_type, valid_ids
 from civiscore.ingest.readers import FIELDS, RAW_SCHEMA
 from civiscore.ingest.validate import (
     CHECKED,
+    IDS,
     append_to_stage,
     check_stage,
     create_stage,
@@ -353,10 +354,13 @@ class Service(Operations):
                 pseudonyms = [
                     str(r[0])
                     for r in con.execute(
-                        f"SELECT DISTINCT pseudonym FROM {CHECKED} WHERE field IS NULL"
+                        f"SELECT DISTINCT i.pseudonym FROM {CHECKED} c JOIN {IDS} i "
+                        "USING (id_no) WHERE c.field IS NULL"
                     ).fetchall()
                 ]
-                result = self.ws.store.write_checked(party.department, CHECKED, at, want_sids=True)
+                result = self.ws.store.write_checked(
+                    party.department, CHECKED, IDS, at, want_sids=True
+                )
             finally:
                 drop_stage(con)
             sids = result.sids or []

@@ -154,7 +154,8 @@ def stages(
     still_counting = (
         ""
         if one
-        else f"\n              AND (rv.valid_m IS NULL OR l.occurred_at + to_months(rv.valid_m)"
+        else f"{_recent_enough(rb, at)}"
+        f"\n              AND (rv.valid_m IS NULL OR l.occurred_at + to_months(rv.valid_m)"
         f" + to_days(rv.valid_d) > {T})"
     )
     out = [
@@ -247,6 +248,25 @@ def stages(
         Stage("benefits", _benefits_sql(rb)),
     ]
     return out
+
+
+def _recent_enough(rb: Rulebook, at: dt.datetime) -> str:
+    """A bound on occurrence below which no record can still count at ``at``, when one exists.
+
+    Adding m months and d days moves a moment by at most 31m + d days, so a record that occurred
+    more than that before T has stopped counting under every rule. The bound is one constant
+    (DuckDB tests it against each row group's zone map and skips old groups whole, and it spares
+    the rule join the rows it keeps); the exact test follows it. No bound when a rule never
+    stops counting.
+    """
+    if not rb.rules or any(rule.valid_for is None for rule in rb.rules):
+        return ""
+    days = max(31 * r.valid_for.months + r.valid_for.days for r in rb.rules if r.valid_for)
+    try:
+        bound = at - dt.timedelta(days=days + 1)
+    except OverflowError:  # T in the first centuries of the calendar: nothing to skip
+        return ""
+    return f"\n              AND l.occurred_at > {sql_timestamp(bound)}"
 
 
 def _totals(rb: Rulebook, T: str) -> Stage:

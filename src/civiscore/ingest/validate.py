@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 
 from civiscore.ids import id_types, pseudonym_sql
@@ -88,6 +89,18 @@ FROM ingest_raw_batch
 STAGE = "ingest_stage"
 IDS = "ingest_ids"
 CHECKED = "ingest_checked"
+# What the store reads of an accepted row (besides ``field``, NULL when accepted).
+CHECKED_COLUMNS = (
+    "row",
+    "line",
+    "record_id",
+    "id_no",
+    "kind",
+    "occurred_at",
+    "quantity",
+    "reference",
+    "retracts",
+)
 _RAW = "ingest_raw_batch"
 
 # How many distinct IDs are type-checked in one numpy pass (bounds that pass's memory).
@@ -127,9 +140,10 @@ def check_stage(
 ) -> None:
     """Check every staged row at once, into the temp table :data:`CHECKED`.
 
-    Accepted rows have ``field`` NULL and carry the ``BATCH_SCHEMA`` columns, with the keyed
-    pseudonym in place of the ID. Rejected rows name their ``field`` and a ``reason`` that says
-    what to fix, and keep the text the department sent for the rejects file.
+    Accepted rows have ``field`` NULL and carry the :data:`CHECKED_COLUMNS`, with ``id_no`` (a
+    row of :data:`IDS`, which holds the keyed pseudonym) in place of the ID. Rejected rows name
+    their ``field`` and a ``reason`` that says what to fix, and keep the text the department
+    sent for the rejects file.
     """
     _check_ids(con, key)
     known = ", ".join(sorted(dep.kinds))
@@ -232,14 +246,14 @@ def check_stage(
         f"""
         CREATE OR REPLACE TEMP TABLE {CHECKED} AS
         WITH p AS (
-          SELECT s.*, {_PARSE_TS} AS ts, try_cast(qty AS DOUBLE) AS qnum, i.pseudonym,
-            CASE i.id_type WHEN 1 THEN 'person' WHEN 2 THEN 'organisation' END AS subject_type
+          SELECT s.*, {_PARSE_TS} AS ts, try_cast(qty AS DOUBLE) AS qnum, i.id_no,
+                 i.subject_type
           FROM {STAGE} s LEFT JOIN {IDS} i ON i.subject_id = s.subject_id
         ), f AS (
           SELECT r.*, c.*, {field_case} AS field
           FROM p r LEFT JOIN ({_catalogue_sql(dep)}) c ON c.cat_kind = r.kind
         )
-        SELECT row, line, record_id, pseudonym, subject_type, kind, ts AS occurred_at,
+        SELECT row, line, record_id, id_no, kind, ts AS occurred_at,
                qnum AS quantity, reference, retracts, field,
                CASE WHEN field IS NOT NULL THEN {reason_case} END AS reason,
                CASE WHEN field IS NOT NULL THEN subject_id END AS subject_id,
@@ -255,19 +269,25 @@ def _check_ids(con: duckdb.DuckDBPyConnection, key: bytes) -> None:
 
     A file names each subject many times: the check digits (on a numpy byte matrix,
     :func:`ids.id_types`) and the keyed hash, the costliest checks, run once per distinct ID.
+    Each ID gets a number (``id_no``) that the rows carry instead of the pseudonym, and the
+    count of its rows (``n``), from which the store tells whether any of them was accepted.
     """
     distinct = con.sql(
-        f"SELECT DISTINCT subject_id FROM {STAGE} WHERE length(subject_id) = 18"
+        f"SELECT subject_id, count(*) AS n FROM {STAGE} WHERE length(subject_id) = 18 "
+        "GROUP BY subject_id"
     ).to_arrow_table()
     column = distinct.column("subject_id")
     types = [id_types(column.slice(i, _ID_CHUNK)) for i in range(0, len(column), _ID_CHUNK)]
     id_type = pa.chunked_array([pa.array(t) for t in types], pa.int8())
-    con.register(_RAW, distinct.append_column("id_type", id_type))
+    numbers = pa.array(np.arange(len(column), dtype=np.int64))
+    con.register(_RAW, distinct.append_column("id_type", id_type).append_column("id_no", numbers))
     try:
         con.execute(
             f"""
             CREATE OR REPLACE TEMP TABLE {IDS} AS
-            SELECT subject_id, id_type,
+            SELECT id_no, subject_id, n, id_type,
+                   CASE id_type WHEN 1 THEN 'person' WHEN 2 THEN 'organisation' END
+                     AS subject_type,
                    CASE WHEN id_type > 0 THEN {pseudonym_sql(key, "subject_id")} END AS pseudonym
             FROM {_RAW}
             """

@@ -92,7 +92,7 @@ CREATE TABLE IF NOT EXISTS snapshot_listings (
 
 _CONTENT = ("kind", "occurred_at", "quantity", "reference", "retracts")
 # Same content: the same subject and fields; ``a`` is the incoming row, ``b`` the earlier one.
-_SAME_IN_FILE = " AND ".join(f"a.{c} IS NOT DISTINCT FROM b.{c}" for c in ("pseudonym", *_CONTENT))
+_SAME_IN_FILE = " AND ".join(f"a.{c} IS NOT DISTINCT FROM b.{c}" for c in ("id_no", *_CONTENT))
 _SAME_AS_STORED = " AND ".join(
     ["i.sid = b.sid"] + [f"a.{c} IS NOT DISTINCT FROM b.{c}" for c in _CONTENT]
 )
@@ -185,30 +185,55 @@ class DuckDBStore:
         self, department: str, batch: pa.Table, received_at: dt.datetime, run: int = 0
     ) -> BatchResult:
         """Store the new rows of a validated batch (``BATCH_SCHEMA``) in one transaction."""
-        self.con.register("ingest_batch", batch)
+        con = self.con
+        con.register("ingest_batch", batch)
         try:
+            # The batch's subjects numbered as a checked file's are (see ``write_checked``).
+            con.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE ingest_batch_ids AS
+                SELECT row_number() OVER (ORDER BY pseudonym) AS id_no, pseudonym,
+                       any_value(subject_type) AS subject_type, count(*) AS n
+                FROM ingest_batch GROUP BY pseudonym
+                """
+            )
+            con.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE ingest_batch_checked AS
+                SELECT b.* EXCLUDE (pseudonym, subject_type), i.id_no, NULL AS field
+                FROM ingest_batch b JOIN ingest_batch_ids i USING (pseudonym)
+                """
+            )
             return self.write_checked(
-                department, "(SELECT *, NULL AS field FROM ingest_batch)", received_at, run
+                department, "ingest_batch_checked", "ingest_batch_ids", received_at, run
             )
         finally:
-            self.con.unregister("ingest_batch")
+            con.unregister("ingest_batch")
+            con.execute("DROP TABLE IF EXISTS ingest_batch_checked")
+            con.execute("DROP TABLE IF EXISTS ingest_batch_ids")
 
     def write_checked(
         self,
         department: str,
         checked: str,
+        ids: str,
         received_at: dt.datetime,
         run: int = 0,
         *,
+        unique_record_ids: bool = False,
         want_sids: bool = False,
     ) -> BatchResult:
         """Store the accepted rows of a checked file (``field`` NULL) in one transaction.
 
-        ``checked`` is a relation of this connection with the ``BATCH_SCHEMA`` columns and
-        ``field``. A row whose ``record_id`` is already stored for the department with the same
-        content is a duplicate (re-ingest); with different content it is a conflict, left for
-        the caller to reject: corrections are new records that retract the old one. The same
-        holds for a record_id repeated within the file: its first row counts.
+        ``checked`` is a relation of this connection with ``ingest.validate.CHECKED_COLUMNS``
+        and ``field``; ``ids`` has one row per subject of the file: ``id_no``, ``pseudonym``
+        (NULL for an invalid ID), ``subject_type`` and ``n``, its rows in ``checked``.
+
+        A row whose ``record_id`` is already stored for the department with the same content
+        is a duplicate (re-ingest); with different content it is a conflict, left for the
+        caller to reject: corrections are new records that retract the old one. The same holds
+        for a record_id repeated within the file: its first accepted row counts. A caller that
+        knows the file's record_ids are all different (``unique_record_ids``) spares that check.
 
         Each step is one set-based statement over the whole file: the store's subjects and the
         department's records are each scanned once per file, not once per batch.
@@ -217,12 +242,17 @@ class DuckDBStore:
         good = f"(SELECT * FROM {checked} WHERE field IS NULL)"
         try:
             con.execute("BEGIN TRANSACTION")
-            # The file's subjects, numbered if new; the anti-join builds on the file's side.
+            # Subjects with at least one accepted row: fewer rejected rows than rows. Counting
+            # the rejects (few) spares an aggregation over every accepted row.
             con.execute(
                 f"""
                 CREATE OR REPLACE TEMP TABLE ingest_subjects AS
-                SELECT pseudonym, any_value(subject_type) AS subject_type
-                FROM {good} GROUP BY pseudonym
+                SELECT i.id_no, i.pseudonym, i.subject_type
+                FROM {ids} i
+                LEFT JOIN (SELECT id_no, count(*) AS rejected FROM {checked}
+                           WHERE field IS NOT NULL AND id_no IS NOT NULL GROUP BY id_no) r
+                  USING (id_no)
+                WHERE i.pseudonym IS NOT NULL AND i.n > coalesce(r.rejected, 0)
                 """
             )
             con.execute(
@@ -237,11 +267,24 @@ class DuckDBStore:
             con.execute(
                 """
                 CREATE OR REPLACE TEMP TABLE ingest_sids AS
-                SELECT s.pseudonym, s.sid FROM subjects s
-                WHERE s.pseudonym IN (SELECT pseudonym FROM ingest_subjects)
+                SELECT n.id_no, s.sid FROM ingest_subjects n JOIN subjects s USING (pseudonym)
                 """
             )
             # Rows whose record_id was seen before: in the store, or earlier in this file.
+            again = (
+                ""
+                if unique_record_ids
+                else f"""
+                UNION ALL
+                SELECT a.row,
+                  CASE WHEN {_SAME_IN_FILE} THEN 'duplicate' ELSE 'conflict' END AS status
+                FROM {good} a
+                JOIN (SELECT record_id, min(row) AS first FROM {good}
+                      GROUP BY record_id HAVING count(*) > 1) r
+                  ON r.record_id = a.record_id AND a.row > r.first
+                JOIN {good} b ON b.row = r.first
+                WHERE a.row NOT IN (SELECT row FROM stored)"""
+            )
             con.execute(
                 f"""
                 CREATE OR REPLACE TEMP TABLE ingest_clash AS
@@ -250,18 +293,9 @@ class DuckDBStore:
                     CASE WHEN {_SAME_AS_STORED} THEN 'duplicate' ELSE 'conflict' END AS status
                   FROM {good} a
                   JOIN records b ON b.department = $dep AND b.record_id = a.record_id
-                  JOIN ingest_sids i ON i.pseudonym = a.pseudonym
-                ), repeated AS (
-                  SELECT record_id, min(row) AS first FROM {good}
-                  GROUP BY record_id HAVING count(*) > 1
-                ), again AS (
-                  SELECT a.row,
-                    CASE WHEN {_SAME_IN_FILE} THEN 'duplicate' ELSE 'conflict' END AS status
-                  FROM {good} a JOIN repeated r ON r.record_id = a.record_id AND a.row > r.first
-                  JOIN {good} b ON b.row = r.first
-                  WHERE a.row NOT IN (SELECT row FROM stored)
+                  JOIN ingest_sids i ON i.id_no = a.id_no
                 )
-                SELECT * FROM stored UNION ALL SELECT * FROM again
+                SELECT * FROM stored{again}
                 """,
                 {"dep": department},
             )
@@ -271,9 +305,8 @@ class DuckDBStore:
                 INSERT INTO records
                 SELECT $dep, a.record_id, i.sid, a.kind, a.occurred_at, a.quantity, a.reference,
                        a.retracts, $received, $run
-                FROM {good} a JOIN ingest_sids i USING (pseudonym)
+                FROM {good} a JOIN ingest_sids i USING (id_no)
                 WHERE NOT EXISTS (SELECT 1 FROM ingest_clash c WHERE c.row = a.row)
-
                 """,
                 {"dep": department, "received": received_at, "run": run},
             )
@@ -282,7 +315,9 @@ class DuckDBStore:
             )
             conflicts = con.sql(
                 f"""
-                SELECT a.* EXCLUDE (field) FROM {good} a
+                SELECT a.row, a.line, a.record_id, a.kind, a.occurred_at, a.quantity,
+                       a.reference, a.retracts
+                FROM {good} a
                 WHERE a.row IN (SELECT row FROM ingest_clash WHERE status = 'conflict')
                 ORDER BY a.row
                 """
