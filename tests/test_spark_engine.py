@@ -464,3 +464,12 @@ def test_isinf_isnan_epoch_us_agree(spark: SparkSession) -> None:
                  (NULL, NULL)) AS v(q, t) ORDER BY epoch_us(t), q"""
     duck, spark_rows = _both(sql, spark)
     assert repr(spark_rows) == repr(duck)
+
+
+def test_doctests() -> None:
+    import doctest
+
+    from civiscore.engine import spark_engine
+
+    result = doctest.testmod(spark_engine)
+    assert result.attempted > 0 and result.failed == 0

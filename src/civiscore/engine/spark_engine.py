@@ -401,13 +401,14 @@ def worth_caching(plan: list[Stage]) -> set[str]:
     Spark recomputes an uncached view in every query that reads it, so a stage is computed
     as often as it is read, times how often its readers are computed: ``withdrawn`` is read
     once, by ``live``, but ``live`` is read four times. A stage the plan marks as a view
-    (``live``: a filtered copy of nearly every record) is cheaper to recompute, with each
-    reader's own filters pushed into the Parquet scan, than to copy into memory.
+    (``live``: a filtered copy of nearly every record; for many subjects ``matched``, read
+    only by the totals) is cheaper to recompute, with each reader's own filters pushed into
+    the Parquet scan, than to copy into memory.
 
     >>> from civiscore.rulebook.load import demo_rulebook_path, load
     >>> when = dt.datetime(2026, 1, 1)
     >>> sorted(worth_caching(stages(load(demo_rulebook_path()), when, when, None)))
-    ['conduct_listings', 'decision_listings', 'matched', 'points', 'scores', 'withdrawn']
+    ['conduct_listings', 'decision_listings', 'points', 'scores', 'withdrawn']
     """
     reads = {stage.name: _tables(stage.sql) for stage in plan}
     snapshot: Counter[str] = Counter()
