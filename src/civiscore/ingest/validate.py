@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as dt
 
 import duckdb
-import numpy as np
 import pyarrow as pa
 
 from civiscore.ids import id_types, pseudonym_sql
@@ -88,6 +87,7 @@ FROM ingest_raw_batch
 # Temp tables of the connection that stages a file (one file at a time per connection).
 STAGE = "ingest_stage"
 IDS = "ingest_ids"
+_DISTINCT = "ingest_distinct_ids"
 CHECKED = "ingest_checked"
 # What the store reads of an accepted row (besides ``field``, NULL when accepted).
 CHECKED_COLUMNS = (
@@ -127,7 +127,7 @@ def append_to_stage(con: duckdb.DuckDBPyConnection, raw: pa.Table) -> None:
 
 def drop_stage(con: duckdb.DuckDBPyConnection) -> None:
     """Forget the staged file, raw IDs included."""
-    for name in (CHECKED, IDS, STAGE):
+    for name in (CHECKED, IDS, _DISTINCT, STAGE):
         con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
@@ -272,28 +272,45 @@ def _check_ids(con: duckdb.DuckDBPyConnection, key: bytes) -> None:
     Each ID gets a number (``id_no``) that the rows carry instead of the pseudonym, and the
     count of its rows (``n``), from which the store tells whether any of them was accepted.
     """
-    distinct = con.sql(
-        f"SELECT subject_id, count(*) AS n FROM {STAGE} WHERE length(subject_id) = 18 "
-        "GROUP BY subject_id"
-    ).to_arrow_table()
-    column = distinct.column("subject_id")
-    types = [id_types(column.slice(i, _ID_CHUNK)) for i in range(0, len(column), _ID_CHUNK)]
-    id_type = pa.chunked_array([pa.array(t) for t in types], pa.int8())
-    numbers = pa.array(np.arange(len(column), dtype=np.int64))
-    con.register(_RAW, distinct.append_column("id_type", id_type).append_column("id_no", numbers))
-    try:
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE {IDS} AS
-            SELECT id_no, subject_id, n, id_type,
-                   CASE id_type WHEN 1 THEN 'person' WHEN 2 THEN 'organisation' END
-                     AS subject_type,
-                   CASE WHEN id_type > 0 THEN {pseudonym_sql(key, "subject_id")} END AS pseudonym
-            FROM {_RAW}
-            """
-        )
-    finally:
-        con.unregister(_RAW)
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {_DISTINCT} AS
+        SELECT row_number() OVER () - 1 AS id_no, subject_id, n
+        FROM (SELECT subject_id, count(*) AS n FROM {STAGE}
+              WHERE length(subject_id) = 18 GROUP BY subject_id)
+        """
+    )
+    first = con.execute(f"SELECT count(*) FROM {_DISTINCT}").fetchall()
+    total = int(first[0][0])
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE {IDS} (
+          id_no BIGINT, subject_id VARCHAR, n BIGINT, id_type TINYINT, subject_type VARCHAR,
+          pseudonym VARCHAR)
+        """
+    )
+    # A million IDs at a time, so memory outside DuckDB stays bounded however many subjects
+    # the file names; ``id_no`` is in storage order, so each slice reads only its row groups.
+    for lo in range(0, total, _ID_CHUNK):
+        chunk = con.sql(
+            f"SELECT id_no, subject_id, n FROM {_DISTINCT} "
+            f"WHERE id_no >= {lo} AND id_no < {lo + _ID_CHUNK}"
+        ).to_arrow_table()
+        types = pa.array(id_types(chunk.column("subject_id")), pa.int8())
+        con.register(_RAW, chunk.append_column("id_type", types))
+        try:
+            con.execute(
+                f"""
+                INSERT INTO {IDS}
+                SELECT id_no, subject_id, n, id_type,
+                       CASE id_type WHEN 1 THEN 'person' WHEN 2 THEN 'organisation' END,
+                       CASE WHEN id_type > 0 THEN {pseudonym_sql(key, "subject_id")} END
+                FROM {_RAW}
+                """
+            )
+        finally:
+            con.unregister(_RAW)
+    con.execute(f"DROP TABLE {_DISTINCT}")
 
 
 def rejects_sql(conflicts: str | None = None) -> str:
