@@ -25,6 +25,7 @@ from civiscore.engine.incremental import (
 from civiscore.engine.plan import stages
 from civiscore.rulebook.load import refuse_simulation_only
 from civiscore.rulebook.model import Rulebook
+from civiscore.store import locator
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
 from civiscore.timeutil import now_local
@@ -57,6 +58,13 @@ def build_stages(
         cur.execute(f"CREATE OR REPLACE TEMP {kind} {stage.name} AS {stage.sql}")
 
 
+def _store_records(cur: duckdb.DuckDBPyConnection) -> str:
+    """The store's own ``records`` table, by a name no temporary table can shadow."""
+    row = first_row(cur, "SELECT current_database()")
+    assert row is not None
+    return f"{_quote(str(row[0]))}.main.records"
+
+
 def _quote(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
@@ -79,6 +87,14 @@ class DuckDBEngine:
     ) -> duckdb.DuckDBPyConnection:
         """Build every stage for (T, K[, subjects]); returns the cursor holding them."""
         cur = self.store.con.cursor()
+        if sid is not None:
+            # A few subjects: their records only, found through the locator, shadow the store's
+            # table on this cursor (its temporary schema is searched first).
+            sql = locator.subjects_records_sql(
+                cur, _store_records(cur), [sid] if isinstance(sid, int) else sid
+            )
+            if sql is not None:
+                cur.execute(f"CREATE TEMP TABLE records AS {sql}")
         build_stages(cur, rb, at, known_at, sid)
         return cur
 
@@ -208,17 +224,16 @@ def _rescore(
 
     ``seen`` is how many rows ``records`` had before anything was read, for the lineage.
     """
-    row = first_row(cur, "SELECT current_database()")
-    assert row is not None
     # The plan reads the table ``records``; on this cursor a temporary table of that name (the
-    # temporary schema is searched first) holds only the affected subjects' records. The
-    # population plan over it is the plan for that set of subjects (``stages(..., sid=[...])``)
-    # without an SQL IN list of every sid, which DuckDB binds slowly when it is long
-    # (see "Incremental scoring" in docs/benchmarks.md).
-    cur.execute(
-        f"CREATE TEMP TABLE records AS SELECT * FROM {_quote(str(row[0]))}.main.records "
-        "WHERE sid IN (SELECT sid FROM affected)"
+    # temporary schema is searched first) holds only the affected subjects' records, found
+    # through the locator. The population plan over it is the plan for that set of subjects
+    # (``stages(..., sid=[...])``) without an SQL IN list of every sid, which DuckDB binds
+    # slowly when it is long (see "Incremental scoring" in docs/benchmarks.md).
+    store_records = _store_records(cur)
+    their = locator.subjects_records_sql(cur, store_records, "affected") or (
+        f"SELECT * FROM {store_records} WHERE sid IN (SELECT sid FROM affected)"
     )
+    cur.execute(f"CREATE TEMP TABLE records AS {their}")
     clock.lap("their records")
     build_stages(cur, rb, at, known_at, None)
     clock.lap("plan stages")

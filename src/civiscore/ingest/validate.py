@@ -262,6 +262,9 @@ def check_stage(
         FROM f
         """
     )
+    # Everything the store and the rejects file need is in CHECKED now; the stage (a copy of
+    # the whole file, spilled to disk for a large one) goes at once rather than at the end.
+    con.execute(f"DROP TABLE {STAGE}")
 
 
 def _check_ids(con: duckdb.DuckDBPyConnection, key: bytes) -> None:

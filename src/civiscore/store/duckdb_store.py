@@ -13,6 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
+from civiscore.store import locator
 from civiscore.store.base import BatchResult, Snapshot, StoredRulebook
 
 SCHEMA_VERSION = "1"
@@ -126,6 +127,7 @@ class DuckDBStore:
         path = home / cls.FILE
         con = duckdb.connect(str(path))
         con.execute(_SCHEMA)
+        locator.ensure(con)
         con.execute(
             "INSERT INTO meta SELECT 'schema_version', ? WHERE NOT EXISTS "
             "(SELECT 1 FROM meta WHERE key = 'schema_version')",
@@ -140,12 +142,16 @@ class DuckDBStore:
             raise StoreMissing(
                 f"no civiscore store at {path}; run `civiscore --home {home} init` first"
             )
-        return cls(duckdb.connect(str(path), read_only=read_only), path)
+        con = duckdb.connect(str(path), read_only=read_only)
+        if not read_only:
+            locator.ensure(con)
+        return cls(con, path)
 
     @classmethod
     def memory(cls) -> DuckDBStore:
         con = duckdb.connect()
         con.execute(_SCHEMA)
+        locator.ensure(con)
         return cls(con, None)
 
     def close(self) -> None:
@@ -334,6 +340,7 @@ class DuckDBStore:
         finally:
             for name in ("ingest_subjects", "ingest_sids", "ingest_clash"):
                 con.execute(f"DROP TABLE IF EXISTS {name}")
+        locator.index_new(con)
         assert inserted is not None and duplicates is not None
         return BatchResult(int(inserted[0]), int(duplicates[0]), conflicts, sids)
 
@@ -358,6 +365,7 @@ class DuckDBStore:
             "(SELECT 1 FROM records WHERE department = ? AND record_id = ?)",
             [department, by_record_id, row[0], row[1], at, record_id, at, department, by_record_id],
         )
+        locator.index_new(self.con)
         return int(row[0])
 
     # -- subjects ----------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""Where each subject's records are, so a question about a few subjects reads only theirs.
+
+Records are stored in arrival order: one subject's records are spread over the whole table, and
+a plan for a few subjects (a submission's refresh, an explanation, a decision from the records,
+an incremental score) would scan every record to find them. The locator,
+``records_by_subject(sid, row_id)``, holds each record's subject and ``rowid``, sorted by
+subject within each ingest, so DuckDB's zone maps find a subject's entries in a few row groups;
+the records are then read by ``rowid``, which DuckDB also finds by zone map.
+
+``records`` is append-only, so rowids never move. The locator covers the rows below a
+watermark (``meta`` key ``records_by_subject_upto``) and :func:`index_new` extends it after
+each transaction that stores records. Rows stored some other way (the policy lab's stores, a store
+written before the locator existed) lie above the watermark and are found by a scan of just
+that tail, so an answer never depends on whether they were indexed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import duckdb
+
+TABLE = "records_by_subject"
+_UPTO = "records_by_subject_upto"
+
+# Beyond this many records a literal list of rowids binds slowly; a join on rowid is used.
+_LITERAL_ROWS = 2_000
+
+
+def ensure(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the locator if the store has none (stores made before it existed)."""
+    con.execute(f"CREATE TABLE IF NOT EXISTS {TABLE} (sid BIGINT NOT NULL, row_id BIGINT NOT NULL)")
+
+
+def covered(con: duckdb.DuckDBPyConnection) -> int | None:
+    """How many of the first records the locator covers; None when the store has no locator."""
+    exists = con.execute(
+        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = ?",
+        [TABLE],
+    ).fetchall()
+    if not exists[0][0]:
+        return None
+    row = con.execute("SELECT value FROM meta WHERE key = ?", [_UPTO]).fetchall()
+    return int(row[0][0]) if row else 0
+
+
+def index_new(con: duckdb.DuckDBPyConnection) -> None:
+    """Add the records stored since the watermark, in a transaction of its own.
+
+    Call it after the transaction that stored them has committed: until then DuckDB gives new
+    rows provisional rowids. A crash in between leaves them above the watermark, where they are
+    still found (by the tail scan) and indexed by the next call.
+    """
+    if covered(con) is None:
+        return
+    con.execute("BEGIN TRANSACTION")
+    try:
+        upto = covered(con) or 0
+        total = int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
+        if total > upto:
+            con.execute(
+                f"INSERT INTO {TABLE} SELECT sid, rowid FROM records WHERE rowid >= {upto} "
+                "ORDER BY sid, rowid"
+            )
+            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_UPTO, str(total)])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def subjects_records_sql(
+    con: duckdb.DuckDBPyConnection, records: str, sids: Sequence[int] | str
+) -> str | None:
+    """A SELECT of every record of ``sids`` through the locator; None without a locator.
+
+    ``records`` is the qualified name of the store's table (the caller may shadow ``records``
+    with a temporary table made from this query). ``sids`` is a list of subjects or the name
+    of a one-column relation of them.
+    """
+    upto = covered(con)
+    if upto is None:
+        return None
+    if isinstance(sids, str):
+        wanted = f"SELECT * FROM {sids}"
+    else:
+        wanted = ", ".join(str(int(s)) for s in sids) or "NULL"
+    # Entries at or above the watermark read here may come from an index_new that committed
+    # after it was read; the tail reads those rows, so they are left to it.
+    found = f"SELECT row_id FROM {TABLE} WHERE sid IN ({wanted}) AND row_id < {upto}"
+    count = int(con.execute(f"SELECT count(*) FROM ({found})").fetchall()[0][0])
+    tail = f"SELECT * FROM {records} WHERE rowid >= {upto} AND sid IN ({wanted})"
+    if count == 0:
+        return tail
+    if count <= _LITERAL_ROWS:
+        rowids = ", ".join(str(int(r[0])) for r in con.execute(found).fetchall())
+        located = f"SELECT * FROM {records} WHERE rowid IN ({rowids})"
+    else:
+        located = f"SELECT r.* FROM {records} r JOIN ({found}) l ON r.rowid = l.row_id"
+    return f"{located}\nUNION ALL\n{tail}"
