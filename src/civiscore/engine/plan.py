@@ -220,7 +220,7 @@ def stages(
             WHERE cap IS NOT NULL AND (counts_until IS NULL OR counts_until > {T})""",
         ),
         Stage("decision_listings", _decision_listings_sql(rb, T)),
-        Stage("conduct_listings", _conduct_listings_sql(rb, T)),
+        Stage("conduct_listings", _conduct_listings_sql(rb, at)),
         Stage(
             "scores",
             f"""WITH population AS (
@@ -262,11 +262,16 @@ def _recent_enough(rb: Rulebook, at: dt.datetime) -> str:
     if not rb.rules or any(rule.valid_for is None for rule in rb.rules):
         return ""
     days = max(31 * r.valid_for.months + r.valid_for.days for r in rb.rules if r.valid_for)
+    return _after(at, days, "l.occurred_at")
+
+
+def _after(at: dt.datetime, days: int, column: str) -> str:
+    """``AND column > at - (days + 1) days``: a bound DuckDB tests against zone maps."""
     try:
         bound = at - dt.timedelta(days=days + 1)
     except OverflowError:  # T in the first centuries of the calendar: nothing to skip
         return ""
-    return f"\n              AND l.occurred_at > {sql_timestamp(bound)}"
+    return f"\n              AND {column} > {sql_timestamp(bound)}"
 
 
 def _totals(rb: Rulebook, T: str) -> Stage:
@@ -347,24 +352,29 @@ def _empty_listings() -> str:
     )
 
 
-def _conduct_listings_sql(rb: Rulebook, T: str) -> str:
+def _conduct_listings_sql(rb: Rulebook, at: dt.datetime) -> str:
     parts = []
     for listing in rb.listings:
         conduct = listing.trigger.conduct
         if conduct is None:
             continue
         assert listing.duration is not None
-        parts.append(_one_conduct(listing, conduct.kind, conduct.count, conduct.within, T))
+        parts.append(_one_conduct(listing, conduct.kind, conduct.count, conduct.within, at))
     if not parts:
         return _empty_listings()
     return "\nUNION ALL\n".join(parts)
 
 
-def _one_conduct(listing: Listing, kind: str, count: int, within: Duration, T: str) -> str:
+def _one_conduct(listing: Listing, kind: str, count: int, within: Duration, at: dt.datetime) -> str:
     assert listing.duration is not None
+    T = sql_timestamp(at)
     # Each record that brings the count within the window to the threshold starts an instance;
     # the subject is listed while any instance runs. "since" is the earliest running instance.
     window = f"INTERVAL '{within.months} months {within.days} days'"
+    # An instance still running at T started after T - duration, and counted records from
+    # `within` before that: older records (in days, at most 31 a month) can change nothing.
+    dur = listing.duration
+    recent = _after(at, 31 * (dur.months + within.months) + dur.days + within.days, "occurred_at")
     return f"""SELECT {_q(listing.id)} AS listing, {_q(listing.list)} AS list,
                {str(listing.grave).lower()} AS grave, sid, min(since) AS since,
                max(since + {interval(listing.duration)}) AS until, NULL::TIMESTAMP AS ended_at,
@@ -374,7 +384,7 @@ def _one_conduct(listing: Listing, kind: str, count: int, within: Duration, T: s
           SELECT sid, occurred_at AS since, record_id, department,
                  count(*) OVER (PARTITION BY sid ORDER BY occurred_at
                                 RANGE BETWEEN {window} PRECEDING AND CURRENT ROW) AS n
-          FROM live WHERE kind = {_q(kind)}
+          FROM live WHERE kind = {_q(kind)}{recent}
         ) c
         WHERE n >= {count} AND since <= {T} AND since + {interval(listing.duration)} > {T}
         GROUP BY sid"""
