@@ -58,6 +58,10 @@ def build_stages(
         cur.execute(f"CREATE OR REPLACE TEMP {kind} {stage.name} AS {stage.sql}")
 
 
+# Above this many affected subjects an update reads their records with one scan of the table.
+_LOCATE_AT_MOST = 10_000
+
+
 def _store_records(cur: duckdb.DuckDBPyConnection) -> str:
     """The store's own ``records`` table, by a name no temporary table can shadow."""
     row = first_row(cur, "SELECT current_database()")
@@ -230,9 +234,12 @@ def _rescore(
     # (``stages(..., sid=[...])``) without an SQL IN list of every sid, which DuckDB binds
     # slowly when it is long (see "Incremental scoring" in docs/benchmarks.md).
     store_records = _store_records(cur)
-    their = locator.subjects_records_sql(cur, store_records, "affected") or (
-        f"SELECT * FROM {store_records} WHERE sid IN (SELECT sid FROM affected)"
+    located = (
+        locator.subjects_records_sql(cur, store_records, "affected")
+        if affected <= _LOCATE_AT_MOST
+        else None  # so many subjects that their records are a scan's worth anyway
     )
+    their = located or f"SELECT * FROM {store_records} WHERE sid IN (SELECT sid FROM affected)"
     cur.execute(f"CREATE TEMP TABLE records AS {their}")
     clock.lap("their records")
     build_stages(cur, rb, at, known_at, None)
