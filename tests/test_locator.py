@@ -53,15 +53,18 @@ def _rows(store: DuckDBStore, sql: str) -> list[tuple[Any, ...]]:
     unindexed=st.lists(st.integers(1, 8), max_size=5),
     asked=st.lists(st.integers(1, 10), max_size=4),
     few=st.booleans(),
+    literal=st.booleans(),
 )
 def test_located_records_are_exactly_the_subjects_records(
     files: list[list[int]],
     unindexed: list[int],
     asked: list[int],
     few: bool,
+    literal: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(locator, "_MAX_LOCATED", 10_000 if few else 0)
+    monkeypatch.setattr(locator, "_LITERAL_ROWS", 10_000 if literal else 0)
     store = DuckDBStore.memory()
     try:
         first = 0

@@ -26,6 +26,9 @@ _UPTO = "records_by_subject_upto"
 # Beyond this many records, reading them by rowid costs more than one scan of the table
 # (measured: 173,000 rows of 4,643 subjects, and 3.3 million of 302,000, out of 9.5 million).
 _MAX_LOCATED = 50_000
+# Up to this many, the rowids are written into the query as constants (measured at 209 million
+# records: a submission's refresh took 0.62 s this way, 1.03 s through the join).
+_LITERAL_ROWS = 2_000
 
 
 def ensure(con: duckdb.DuckDBPyConnection) -> None:
@@ -98,7 +101,13 @@ def subjects_records_sql(
     tail = f"SELECT * FROM {records} WHERE rowid >= {upto} AND sid IN ({wanted})"
     if count == 0:
         return tail
-    # A hash join on rowid with few rows on the build side: DuckDB pushes those rowids into the
-    # scan of records, which then reads only their row groups.
-    located = f"SELECT r.* FROM {records} r JOIN ({found}) l ON r.rowid = l.row_id"
+    if count <= _LITERAL_ROWS:
+        # Constant rowids: DuckDB checks each against the row groups' rowid ranges and reads
+        # only the groups that hold them, however large the table.
+        rowids = ", ".join(str(int(r[0])) for r in con.execute(found).fetchall())
+        located = f"SELECT * FROM {records} WHERE rowid IN ({rowids})"
+    else:
+        # A join pushes only the range of the wanted rowids into the scan: cheaper to bind than
+        # a long constant list, but it reads every row group between them.
+        located = f"SELECT r.* FROM {records} r JOIN ({found}) l ON r.rowid = l.row_id"
     return f"{located}\nUNION ALL\n{tail}"
