@@ -261,21 +261,36 @@ class DuckDBStore:
                 WHERE i.pseudonym IS NOT NULL AND i.n > coalesce(r.rejected, 0)
                 """
             )
-            con.execute(
-                """
-                INSERT INTO subjects
-                SELECT (SELECT coalesce(max(sid), 0) FROM subjects)
-                       + row_number() OVER (ORDER BY n.pseudonym), n.pseudonym, n.subject_type
-                FROM ingest_subjects n
-                WHERE NOT EXISTS (SELECT 1 FROM subjects s WHERE s.pseudonym = n.pseudonym)
-                """
-            )
+            # Known subjects first: a join that builds on the file's few subjects, which DuckDB
+            # pushes into the scan of `subjects` (an anti-join scanned every stored pseudonym:
+            # 0.7 s for a one-row submission at 18 million subjects).
             con.execute(
                 """
                 CREATE OR REPLACE TEMP TABLE ingest_sids AS
                 SELECT n.id_no, s.sid FROM ingest_subjects n JOIN subjects s USING (pseudonym)
                 """
             )
+            con.execute(
+                """
+                CREATE OR REPLACE TEMP TABLE ingest_new_subjects AS
+                SELECT n.id_no, n.pseudonym, n.subject_type,
+                       row_number() OVER (ORDER BY n.pseudonym) AS nth
+                FROM ingest_subjects n ANTI JOIN ingest_sids k USING (id_no)
+                """
+            )
+            new_subjects = first_row(con, "SELECT count(*) FROM ingest_new_subjects")
+            if new_subjects is not None and new_subjects[0]:
+                top = first_row(con, "SELECT coalesce(max(sid), 0) FROM subjects")
+                assert top is not None
+                con.execute(
+                    "INSERT INTO subjects SELECT $top + nth, pseudonym, subject_type "
+                    "FROM ingest_new_subjects ORDER BY nth",
+                    {"top": int(top[0])},
+                )
+                con.execute(
+                    "INSERT INTO ingest_sids SELECT id_no, $top + nth FROM ingest_new_subjects",
+                    {"top": int(top[0])},
+                )
             # Rows whose record_id was seen before: in the store, or earlier in this file.
             again = (
                 ""
@@ -338,7 +353,7 @@ class DuckDBStore:
             con.execute("ROLLBACK")
             raise
         finally:
-            for name in ("ingest_subjects", "ingest_sids", "ingest_clash"):
+            for name in ("ingest_subjects", "ingest_new_subjects", "ingest_sids", "ingest_clash"):
                 con.execute(f"DROP TABLE IF EXISTS {name}")
         locator.index_new(con)
         assert inserted is not None and duplicates is not None
