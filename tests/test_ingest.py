@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
@@ -334,3 +335,23 @@ def test_repeated_record_ids_follow_first_accepted_wins(
         assert len({p for _, p, _ in content}) == len({s for s, _ in stored.values()})
     finally:
         ws.close()
+
+
+def test_read_ahead_stops_its_reader_when_the_consumer_stops() -> None:
+    import threading
+
+    from civiscore.ingest.readers import read_ahead
+
+    batches = (pa.table({"n": [i]}) for i in range(2))
+    reader = read_ahead(batches, depth=1)
+    next(reader)
+    time.sleep(0.3)  # the reader has read everything and waits to say so, the queue full
+    reader.close()  # the consumer gives up: the thread must still end
+    assert not [t for t in threading.enumerate() if t.name == "civiscore-read-ahead"]
+
+    def failing() -> Iterator[pa.Table]:
+        yield pa.table({"n": [1]})
+        raise FileError("broken file")
+
+    with pytest.raises(FileError, match="broken file"):
+        list(read_ahead(failing()))

@@ -122,20 +122,24 @@ def read_ahead(batches: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table
     queue: Queue[object] = Queue(maxsize=depth)
     stop = threading.Event()
 
+    def put(item: object) -> bool:
+        """Hand over ``item`` unless the consumer has stopped (then never block on it)."""
+        while not stop.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
+
     def produce() -> None:
         try:
             for item in batches:
-                while not stop.is_set():
-                    try:
-                        queue.put(item, timeout=0.1)
-                        break
-                    except Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            queue.put(done)
+            put(done)
         except BaseException as exc:  # handed to the consumer, which raises it
-            queue.put(exc)
+            put(exc)
 
     thread = threading.Thread(target=produce, name="civiscore-read-ahead", daemon=True)
     thread.start()
