@@ -248,12 +248,19 @@ def ingest(
     with _workspace() as ws, _errors():
         for path in files:
             with _progress(json_out, bytes_mode=True) as progress:
-                task = progress.add_task(f"{department}: {path.name}", total=None)
+                label = f"{department}: {path.name}"
+                task = progress.add_task(label, total=None)
+
+                # Checking a file once read takes about as long again: say so on the bar.
+                def phase(text: str, label: str = label, task: TaskID = task) -> None:
+                    progress.update(task, description=f"{label} ({text})")
+
                 summaries.append(
                     ws.ingest(
                         department,
                         path,
                         progress=_advance_bytes(progress, task),
+                        on_phase=phase,
                     )
                 )
     if json_out:

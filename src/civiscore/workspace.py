@@ -82,6 +82,7 @@ class Workspace:
         received_at: dt.datetime | None = None,
         progress: Callable[[int, int], None] | None = None,
         batch_rows: int | None = None,
+        on_phase: Callable[[str], None] | None = None,
     ) -> IngestSummary:
         received = received_at or now_local()
         rb = registry.in_force(self.store, received)
@@ -95,6 +96,7 @@ class Workspace:
             received_at=received,
             progress=progress,
             batch_rows=batch_rows,
+            on_phase=on_phase,
         )
 
     def rulebook_at(self, at: dt.datetime) -> Rulebook:

@@ -1,8 +1,10 @@
-"""Validate a batch of raw rows set-based: each row is accepted or rejected with a reason.
+"""Validate a staged file set-based: each row is accepted or rejected with a reason.
 
-All checks are one SQL statement over the batch (no Python loop per row). The first failing
-check names the row's field and says what to fix. Accepted rows leave with their subject ID
-replaced by its keyed pseudonym; the raw ID goes no further.
+Raw rows are staged batch by batch; then each distinct subject ID is checked and pseudonymised
+once, and every row is checked in one SQL statement (no Python loop per row). The first failing
+check names the row's field and says what to fix. Accepted rows carry an ID number whose keyed
+pseudonym is in :data:`IDS`; the raw IDs stay in temporary tables that :func:`drop_stage`
+drops, and go no further.
 """
 
 from __future__ import annotations
