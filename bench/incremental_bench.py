@@ -14,7 +14,8 @@ What it does, in one process:
 2. **(i) A day passes.** T2 = T1 + 1 day, K2 = K1 + 1 day, no new records. Alternately, best
    of ``--runs``: ``DuckDBEngine.update`` from the base to (T2, K2), then a full
    ``DuckDBEngine.score`` at (T2, K2). Each run writes a snapshot.
-3. **(ii) A day of records.** About ``--new-records`` records are added, all received at
+3. **(ii) A day of records.** About ``--new-records`` records (default: Beijing's 600,000 a
+   day in proportion to ``--residents``) are added, all received at
    K1 + 1 day and occurring during T1's next day, with DuckDB SQL on the store: a reservoir
    sample of existing non-retraction records re-dated to that day (so busy subjects get more,
    as in the city), plus 0.5 % retractions of stored records, settlements of 1,000 unsettled
@@ -23,6 +24,9 @@ What it does, in one process:
    The timed updates pass ``full_share=None`` so that the update path is measured even where
    more than ``FULL_SCORE_SHARE`` of the subjects are affected; one more call with the default
    shows what ``score --incremental`` does then (a full score, saying why).
+   Each timed update is stored as a delta on the base (the affected subjects' rows only); one
+   more update is then written in full, as when a chain of deltas is consolidated, and the
+   operator's statistics are read from a delta and from a full snapshot.
 4. **Identity.** For (i) and (ii), the last update's snapshot is compared with the last full
    snapshot at the same (T, K), row for row (``EXCEPT ALL`` both ways on scores, contexts and
    listings). Any difference fails the benchmark.
@@ -45,6 +49,7 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pyarrow as pa
 from rich.console import Console
@@ -53,6 +58,7 @@ from score_bench import city, configure, ingest, machine
 from civiscore.engine.duckdb_engine import build_stages
 from civiscore.engine.incremental import SNAPSHOT_TABLES, Update
 from civiscore.rulebook.model import Rulebook
+from civiscore.store import snapshots
 from civiscore.store.base import Snapshot
 from civiscore.synth.city import DEFAULT_END
 from civiscore.timeutil import sql_timestamp
@@ -93,7 +99,9 @@ def differences(ws: Workspace, a: Snapshot, b: Snapshot) -> dict[str, int]:
     for table, columns in SNAPSHOT_TABLES.items():
 
         def rows(snap: Snapshot, columns: str = columns, table: str = table) -> str:
-            return f"SELECT {columns} FROM {table} WHERE snapshot_id = {snap.snapshot_id}"
+            # A delta snapshot's rows resolved through its base, as every reader does.
+            resolved = snapshots.resolved(ws.store.con, table, snap.snapshot_id)
+            return f"SELECT {columns} FROM {resolved} s"
 
         row = ws.store.con.execute(
             f"SELECT count(*) FROM (({rows(a)} EXCEPT ALL {rows(b)}) "
@@ -224,8 +232,30 @@ def race(
         f"  {label} with the default share: {default_seconds:.2f} s, "
         f"{default.full_reason or 'an update'}"
     )
+    # The update above was stored as a delta on the base; what consolidating a chain costs (an
+    # update written in full, as every update was before deltas), once, and what reading the
+    # two kinds of snapshot costs (the operator's statistics).
+    with patch.object(snapshots, "MAX_DEPTH", 0):
+        start = time.perf_counter()
+        consolidated = ws.engine.update(rb, base, at, known_at, full_share=None)
+        consolidate_seconds = time.perf_counter() - start
+    reads = {}
+    for name, snap in (("delta", update.snapshot), ("full", full)):
+        start = time.perf_counter()
+        ws.stats(snap)
+        reads[name] = time.perf_counter() - start
+    console.print(
+        f"  {label} consolidated update {consolidate_seconds:.2f} s; statistics read from the "
+        f"delta {reads['delta']:.3f} s, from a full snapshot {reads['full']:.3f} s"
+    )
+    assert not any(differences(ws, consolidated.snapshot, full).values())
     best = updates.index(min(updates))
     return {
+        "stored_as": "delta"
+        if len(snapshots.chain(ws.store.con, update.snapshot.snapshot_id)) > 1
+        else "full",
+        "consolidated_update_seconds": consolidate_seconds,
+        "stats_seconds": reads,
         "at": at.isoformat(),
         "known_at": known_at.isoformat(),
         "affected_subjects": update.affected_subjects,
@@ -291,7 +321,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--memory-limit", default="6GB")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--new-records", type=int, default=600_000)
+    p.add_argument(
+        "--new-records",
+        type=int,
+        default=None,
+        help="records in scenario (ii); default Beijing's 600,000 a day scaled to --residents",
+    )
     p.add_argument(
         "--in-list",
         default="1000,10000,100000,300000",
@@ -334,10 +369,11 @@ def main(argv: list[str] | None = None) -> int:
         console.rule("the plan for a set of subjects: IN list against a table of records")
         lists = in_lists(ws, rb, t2, k2, sizes) if sizes else []
 
-        console.rule(f"(ii) a day of about {args.new_records:,} records")
+        new_records = args.new_records or round(600_000 * args.residents / 21_900_000)
+        console.rule(f"(ii) a day of about {new_records:,} records")
         start = time.perf_counter()
         added = add_a_day_of_records(
-            ws, args.new_records, DEFAULT_END + dt.timedelta(days=1), k2, args.seed + 7
+            ws, new_records, DEFAULT_END + dt.timedelta(days=1), k2, args.seed + 7
         )
         add_seconds = time.perf_counter() - start
         console.print(f"  added {added} in {add_seconds:.2f} s")

@@ -7,6 +7,7 @@ import doctest
 import json
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import duckdb
 import pyarrow as pa
@@ -22,6 +23,7 @@ from civiscore.ids import pseudonym, subject_type
 from civiscore.rulebook import registry
 from civiscore.rulebook.load import demo_rulebook_path
 from civiscore.rulebook.model import Duration
+from civiscore.store import snapshots
 from civiscore.store.base import BATCH_SCHEMA, Snapshot
 from civiscore.synth.city import write_city
 from civiscore.timeutil import now_local
@@ -52,11 +54,14 @@ PROFILE = settings(
 
 
 def rows_of(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of a snapshot, without its number, sorted: what two snapshots must share."""
+    """Every row of a snapshot, without its number, sorted: what two snapshots must share.
+
+    A delta snapshot's rows are resolved through its chain of bases, as every reader does.
+    """
     out = {}
     for table, columns in SNAPSHOT_TABLES.items():
         rows = con.execute(
-            f"SELECT {columns} FROM {table} WHERE snapshot_id = ?", [snapshot_id]
+            f"SELECT {columns} FROM {snapshots.resolved(con, table, snapshot_id)} s"
         ).fetchall()
         out[table] = sorted(rows, key=repr)
     return out
@@ -213,6 +218,8 @@ def test_incremental_snapshot_equals_full_score(
     k2 = max(k1, draw(st.sampled_from([k1, RECEIVED[1], RECEIVED[2] - MICRO])))
     k3 = max(k2, draw(st.sampled_from([k2, RECEIVED[2]])))
     store_late_first = draw(st.booleans())
+    # Deltas on deltas (whatever share they rescored), or each update consolidated at once.
+    depth, share = draw(st.sampled_from([(snapshots.MAX_DEPTH, 1.0), (0, 0.0)]))
     ws = _fresh(tmp_path_factory)
     try:
         _load(ws, [r for r in rows if r["bucket"] == 0], RECEIVED[0])
@@ -230,7 +237,11 @@ def test_incremental_snapshot_equals_full_score(
         con = ws.store.con
         previous = base
         for t, k in ((ts[1], k2), (ts[2], k3)):
-            update = ws.engine.update(rb, previous, t, k, full_share=None)
+            with (
+                patch.object(snapshots, "MAX_DEPTH", depth),
+                patch.object(snapshots, "CONSOLIDATE_SHARE", share),
+            ):
+                update = ws.engine.update(rb, previous, t, k, full_share=None)
             assert update.full_reason is None
             assert update.base_snapshot_id == previous.snapshot_id
             full = ws.engine.score(rb, t, k)
@@ -402,9 +413,8 @@ def test_records_stored_after_the_base_with_an_earlier_received_at_are_picked_up
     assert update.base_snapshot_id == base.snapshot_id and update.affected_subjects == 1
     full = ws.score(t, k)
     assert_same_snapshot(ws.store.con, update.snapshot, full)
-    score = ws.store.con.execute(
-        "SELECT score FROM snapshot_scores WHERE snapshot_id = ?", [update.snapshot.snapshot_id]
-    ).fetchall()
+    scores = snapshots.resolved(ws.store.con, "snapshot_scores", update.snapshot.snapshot_id)
+    score = ws.store.con.execute(f"SELECT score FROM {scores} s").fetchall()
     assert [float(s[0]) for s in score] == [990.0]
 
 
@@ -430,6 +440,84 @@ def test_lineage_records_the_base_and_the_subjects_rescored(ws: Any) -> None:
     ).fetchall()
     # The record's P1Y validity ended between the two: one subject rescored.
     assert rows == [(full.snapshot_id, None, None, 1), (update.snapshot.snapshot_id, 1, 1, 1)]
+
+
+def _three_taxpayers(ws: Any) -> None:
+    """Three subjects, each with a late filing a month apart (P1Y validity): one stops counting
+    on each of 2026-03-01, 2026-04-01 and 2026-05-01."""
+    ingest_rows(
+        ws,
+        "tax",
+        [
+            {
+                "record_id": f"L{i}",
+                "subject_id": resident_id(i),
+                "kind": "tax.late_filing",
+                "occurred_at": f"2025-0{i + 2}-01",
+            }
+            for i in (1, 2, 3)
+        ],
+        received_at=dt.datetime(2025, 6, 1),
+    )
+
+
+def _stored_rows(con: duckdb.DuckDBPyConnection, snapshot_id: int) -> int:
+    row = con.execute(
+        "SELECT count(*) FROM snapshot_scores WHERE snapshot_id = ?", [snapshot_id]
+    ).fetchall()
+    return int(row[0][0])
+
+
+def test_an_update_stores_only_the_subjects_it_rescored(ws: Any) -> None:
+    _three_taxpayers(ws)
+    k = dt.datetime(2026, 6, 1)
+    full = ws.score(dt.datetime(2026, 2, 15), k)
+    # A third of three subjects is over the share that consolidates a chain; not tested here.
+    with patch.object(snapshots, "CONSOLIDATE_SHARE", 1.0):
+        update = ws.score_incremental(dt.datetime(2026, 3, 15), k, full_share=None)
+    con = ws.store.con
+    new = update.snapshot.snapshot_id
+    # One filing stopped counting: one subject's rows stored, the other two read from the base.
+    assert update.affected_subjects == 1 and _stored_rows(con, new) == 1
+    assert con.execute(f"SELECT * FROM {snapshots.DELTAS}").fetchall() == [
+        (new, full.snapshot_id, 1, 1)
+    ]
+    assert update.snapshot.subjects == 3
+    again = ws.score(dt.datetime(2026, 3, 15), k)
+    assert_same_snapshot(con, update.snapshot, again)
+    assert {**ws.stats(update.snapshot), "snapshot_id": 0} == {**ws.stats(again), "snapshot_id": 0}
+
+
+def test_a_chain_of_deltas_is_consolidated_at_its_depth_limit(ws: Any) -> None:
+    _three_taxpayers(ws)
+    k = dt.datetime(2026, 6, 1)
+    previous = ws.score(dt.datetime(2026, 2, 15), k)
+    depths = []
+    with patch.object(snapshots, "MAX_DEPTH", 2), patch.object(snapshots, "CONSOLIDATE_SHARE", 1.0):
+        for month in (3, 4, 5):
+            update = ws.score_incremental(dt.datetime(2026, month, 15), k, full_share=None)
+            assert update.base_snapshot_id == previous.snapshot_id
+            members = snapshots.chain(ws.store.con, update.snapshot.snapshot_id)
+            depths.append(len(members) - 1)
+            previous = update.snapshot
+    # Two deltas, then the third update writes every subject's rows and starts a new chain.
+    assert depths == [1, 2, 0]
+    assert _stored_rows(ws.store.con, previous.snapshot_id) == 3
+    assert_same_snapshot(ws.store.con, previous, ws.score(dt.datetime(2026, 5, 15), k))
+
+
+def test_a_chain_that_rescored_too_many_subjects_is_consolidated(ws: Any) -> None:
+    _three_taxpayers(ws)
+    k = dt.datetime(2026, 6, 1)
+    ws.score(dt.datetime(2026, 2, 15), k)
+    # One subject in three is over a share of 0.3: the update is stored in full.
+    with patch.object(snapshots, "CONSOLIDATE_SHARE", 0.3):
+        update = ws.score_incremental(dt.datetime(2026, 3, 15), k, full_share=None)
+    assert update.affected_subjects == 1
+    assert snapshots.chain(ws.store.con, update.snapshot.snapshot_id) == [
+        update.snapshot.snapshot_id
+    ]
+    assert _stored_rows(ws.store.con, update.snapshot.snapshot_id) == 3
 
 
 def test_without_a_snapshot_everyone_is_scored_and_the_reason_given(ws: Any) -> None:

@@ -15,6 +15,7 @@ from civiscore.api.keys import KeyProblem
 from civiscore.ids import pseudonym_sql
 from civiscore.service import SYSTEM, Operations, keep_rulebook_copy
 from civiscore.settings import Settings
+from civiscore.store import snapshots
 from civiscore.synth.city import write_city
 from civiscore.timeutil import now_local
 from civiscore.workspace import Workspace
@@ -161,10 +162,11 @@ def _pick(ws: Workspace, city: Path, snapshot_id: int, service: str) -> str | No
         FROM (SELECT subject_id, {pseudonym_sql(ws.key, "upper(subject_id)")} AS pseudonym
               FROM read_parquet($files)) c
         JOIN subjects s USING (pseudonym)
-        JOIN snapshot_listings l ON l.sid = s.sid AND l.snapshot_id = $snap
+        JOIN {snapshots.resolved(ws.store.con, "snapshot_listings", snapshot_id)} l
+          ON l.sid = s.sid
         WHERE list_contains($ids, l.listing)
         ORDER BY l.listing, c.pseudonym LIMIT 1
         """,
-        {"files": people, "snap": snapshot_id, "ids": ids},
+        {"files": people, "ids": ids},
     ).fetchall()
     return str(rows[0][0]) if rows else None

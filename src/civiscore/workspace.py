@@ -21,6 +21,7 @@ from civiscore.rights.explain import Explanation, explain
 from civiscore.rulebook import registry
 from civiscore.rulebook.load import demo_rulebook_path, load
 from civiscore.rulebook.model import Rulebook
+from civiscore.store import snapshots
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
 from civiscore.timeutil import iso_local, now_local
@@ -158,17 +159,13 @@ class Workspace:
         con = self.store.con
         sid_ = snapshot.snapshot_id
         rb = self.rulebook_at(snapshot.at)
-        bands = dict(
-            con.execute(
-                "SELECT band, count(*) FROM snapshot_scores WHERE snapshot_id = ? GROUP BY band",
-                [sid_],
-            ).fetchall()
-        )
+        members = snapshots.chain(con, sid_)
+        scores = snapshots.rows_sql("snapshot_scores", members)
+        listed = snapshots.rows_sql("snapshot_listings", members)
+        bands = dict(con.execute(f"SELECT band, count(*) FROM {scores} s GROUP BY band").fetchall())
         listings = dict(
             con.execute(
-                "SELECT listing, count(DISTINCT sid) FROM snapshot_listings "
-                "WHERE snapshot_id = ? GROUP BY listing",
-                [sid_],
+                f"SELECT listing, count(DISTINCT sid) FROM {listed} l GROUP BY listing"
             ).fetchall()
         )
         per_service: dict[str, int] = {}
@@ -181,16 +178,13 @@ class Workspace:
             ]
             row = first_row(
                 con,
-                "SELECT count(DISTINCT sid) FROM snapshot_listings "
-                "WHERE snapshot_id = ? AND list_contains(?, listing)",
-                [sid_, ids],
+                f"SELECT count(DISTINCT sid) FROM {listed} l WHERE list_contains(?, listing)",
+                [ids],
             )
             per_service[svc_name] = int(row[0]) if row else 0
         mean = first_row(
             con,
-            "SELECT avg(score)::DOUBLE, count(*) FILTER (band_capped) FROM snapshot_scores "
-            "WHERE snapshot_id = ?",
-            [sid_],
+            f"SELECT avg(score)::DOUBLE, count(*) FILTER (band_capped) FROM {scores} s",
         )
         return {
             "snapshot_id": sid_,

@@ -25,7 +25,7 @@ from civiscore.engine.incremental import (
 from civiscore.engine.plan import stages
 from civiscore.rulebook.load import refuse_simulation_only
 from civiscore.rulebook.model import Rulebook
-from civiscore.store import locator
+from civiscore.store import locator, snapshots
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
 from civiscore.timeutil import now_local
@@ -244,19 +244,34 @@ def _rescore(
     clock.lap("their records")
     build_stages(cur, rb, at, known_at, None)
     clock.lap("plan stages")
+    # Stored as a delta on the base (only the affected subjects' rows), unless the base's chain
+    # is due to be consolidated: then every subject's rows, the others' copied from the base.
+    link = snapshots.link_for(cur, base.snapshot_id, base.subjects, affected)
+    base_chain = snapshots.chain(cur, base.snapshot_id)
     cur.execute("BEGIN TRANSACTION")
     try:
         snapshot_id = _next_snapshot_id(cur)
         for table, sql in _FRESH.items():
-            cur.execute(copy_unaffected_sql(table, snapshot_id, base.snapshot_id))
-            clock.lap("copy unaffected rows")
+            if link is None:
+                cur.execute(copy_unaffected_sql(table, snapshot_id, base_chain))
+                clock.lap("copy unaffected rows")
             cur.execute(
                 f"INSERT INTO {table} SELECT * FROM ({sql}) "
                 "WHERE sid IN (SELECT sid FROM affected)",
                 {"id": snapshot_id},
             )
             clock.lap("write fresh rows")
-        count = _write_snapshot(cur, snapshot_id, rb, at, known_at, created)
+        if link is None:
+            count = None
+        else:
+            snapshots.record_delta(cur, snapshot_id, link, "affected")
+            fresh = f"SELECT sid FROM snapshot_scores WHERE snapshot_id = {snapshot_id}"
+            row = first_row(cur, f"SELECT count(*) FROM ({fresh})")
+            again = first_row(cur, snapshots.known_before(base_chain, fresh))
+            assert row is not None and again is not None
+            # Subjects never leave the population: the base's, plus the new ones.
+            count = base.subjects + int(row[0]) - int(again[0])
+        count = _write_snapshot(cur, snapshot_id, rb, at, known_at, created, count)
         record_lineage(cur, snapshot_id, base.snapshot_id, affected, seen)
         cur.execute("COMMIT")
         clock.lap("commit")
@@ -318,14 +333,20 @@ def _write_snapshot(
     at: dt.datetime,
     known_at: dt.datetime,
     created: dt.datetime,
+    subjects: int | None = None,
 ) -> int:
-    """Write the snapshot's own row once its subjects' rows are in; returns the subject count."""
-    count = first_row(
-        cur, "SELECT count(*) FROM snapshot_scores WHERE snapshot_id = ?", [snapshot_id]
-    )
-    assert count is not None
+    """Write the snapshot's own row once its subjects' rows are in; returns the subject count.
+
+    ``subjects`` None: count the snapshot's scores (a snapshot stored in full).
+    """
+    if subjects is None:
+        row = first_row(
+            cur, "SELECT count(*) FROM snapshot_scores WHERE snapshot_id = ?", [snapshot_id]
+        )
+        assert row is not None
+        subjects = int(row[0])
     cur.execute(
         "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?)",
-        [snapshot_id, rb.version, at, known_at, created, int(count[0])],
+        [snapshot_id, rb.version, at, known_at, created, subjects],
     )
-    return int(count[0])
+    return subjects

@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -93,6 +94,8 @@ from civiscore.engine.plan import interval
 from civiscore.rulebook.model import Duration, Rulebook
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import first_row
+from civiscore.store.snapshots import SNAPSHOT_TABLES as SNAPSHOT_TABLES
+from civiscore.store.snapshots import rows_sql
 from civiscore.timeutil import iso_local, sql_timestamp
 
 LINEAGE = "snapshot_lineage"
@@ -110,13 +113,6 @@ CREATE TABLE IF NOT EXISTS {LINEAGE} (
 # subject's rows. Measured at 1 million residents: 36 % affected took 0.9-1.4x a full score,
 # 0.6 % took 13 %.
 FULL_SCORE_SHARE = 0.25
-
-# The snapshot tables and their columns after ``snapshot_id``, in schema order.
-SNAPSHOT_TABLES: dict[str, str] = {
-    "snapshot_scores": "sid, score, band, band_capped",
-    "snapshot_contexts": "sid, context, points",
-    "snapshot_listings": "sid, listing, list, since, until, record_id, department, reference",
-}
 
 
 @dataclass(frozen=True)
@@ -313,11 +309,11 @@ def record_lineage(
     )
 
 
-def copy_unaffected_sql(table: str, snapshot_id: int, base_snapshot_id: int) -> str:
-    """Copy a base snapshot's rows of the subjects not in ``affected`` into a new snapshot."""
+def copy_unaffected_sql(table: str, snapshot_id: int, base_chain: Sequence[int]) -> str:
+    """Copy a base snapshot's rows (``base_chain``: it and its bases, newest first) of the
+    subjects not in ``affected`` into a new snapshot."""
     columns = SNAPSHOT_TABLES[table]
     return (
-        f"INSERT INTO {table} SELECT {int(snapshot_id)}, {columns} FROM {table} "
-        f"WHERE snapshot_id = {int(base_snapshot_id)} "
-        "AND sid NOT IN (SELECT sid FROM affected)"
+        f"INSERT INTO {table} SELECT {int(snapshot_id)}, {columns} "
+        f"FROM {rows_sql(table, base_chain)} b WHERE sid NOT IN (SELECT sid FROM affected)"
     )

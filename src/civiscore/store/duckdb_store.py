@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from civiscore.store import locator
+from civiscore.store import locator, snapshots
 from civiscore.store.base import BatchResult, Snapshot, StoredRulebook
 
 SCHEMA_VERSION = "1"
@@ -128,6 +128,7 @@ class DuckDBStore:
         con = duckdb.connect(str(path))
         con.execute(_SCHEMA)
         locator.ensure(con)
+        snapshots.ensure(con)
         con.execute(
             "INSERT INTO meta SELECT 'schema_version', ? WHERE NOT EXISTS "
             "(SELECT 1 FROM meta WHERE key = 'schema_version')",
@@ -145,6 +146,7 @@ class DuckDBStore:
         con = duckdb.connect(str(path), read_only=read_only)
         if not read_only:
             locator.ensure(con)
+            snapshots.ensure(con)
         return cls(con, path)
 
     @classmethod
@@ -152,6 +154,7 @@ class DuckDBStore:
         con = duckdb.connect()
         con.execute(_SCHEMA)
         locator.ensure(con)
+        snapshots.ensure(con)
         return cls(con, None)
 
     def close(self) -> None:

@@ -6,10 +6,13 @@ import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from civiscore.api.keys import Party
 from civiscore.rights.explain import explain
 from civiscore.rulebook.model import Rulebook
 from civiscore.service import NotFound, Service
+from civiscore.store import snapshots
 
 
 def score_timeline(service: Service, party: Party, months: int = 12) -> list[tuple[dt.date, float]]:
@@ -83,6 +86,24 @@ def safeguard_report(rb: Rulebook) -> list[dict[str, str]]:
     return rows
 
 
+def _listing_history(con: duckdb.DuckDBPyConnection) -> list[tuple[dt.datetime, str, int]]:
+    """(as of, listing, subjects listed) for each as-of time, from its latest snapshot (deltas
+    resolved through their base)."""
+    out: list[tuple[dt.datetime, str, int]] = []
+    for as_of, snapshot_id in con.execute(
+        "SELECT as_of, max(snapshot_id) FROM snapshots GROUP BY as_of ORDER BY as_of"
+    ).fetchall():
+        listed = snapshots.resolved(con, "snapshot_listings", int(snapshot_id))
+        out += [
+            (as_of, str(listing), int(n))
+            for listing, n in con.execute(
+                f"SELECT listing, count(DISTINCT sid) FROM {listed} l "
+                "GROUP BY listing ORDER BY listing"
+            ).fetchall()
+        ]
+    return out
+
+
 def operator_overview(service: Service) -> dict[str, Any]:
     """The population at a glance, department feeds and the rulebook, for the operator."""
     ws = service.ws
@@ -90,11 +111,7 @@ def operator_overview(service: Service) -> dict[str, Any]:
         snapshot = ws.store.latest_snapshot()
         stats = ws.stats(snapshot) if snapshot is not None else None
         con = ws.store.con
-        history = con.execute(
-            """SELECT s.as_of, l.listing, count(DISTINCT l.sid)
-               FROM snapshots s JOIN snapshot_listings l USING (snapshot_id)
-               GROUP BY s.as_of, l.listing ORDER BY s.as_of, l.listing"""
-        ).fetchall()
+        history = _listing_history(con)
         feeds = con.execute(
             """SELECT department, count(*) AS files, sum(rows), sum(accepted), sum(duplicates),
                       sum(rejected), max(received_at),
