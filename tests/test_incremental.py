@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from civiscore.cli import app
-from civiscore.engine import incremental
+from civiscore.engine import duckdb_engine, incremental
 from civiscore.engine.incremental import LINEAGE, SNAPSHOT_TABLES
 from civiscore.ids import pseudonym, subject_type
 from civiscore.rulebook import registry
@@ -220,6 +220,9 @@ def test_incremental_snapshot_equals_full_score(
     store_late_first = draw(st.booleans())
     # Deltas on deltas (whatever share they rescored), or each update consolidated at once.
     depth, share = draw(st.sampled_from([(snapshots.MAX_DEPTH, 1.0), (0, 0.0)]))
+    # The affected subjects' records found through the locator (every record of theirs), or by
+    # scans of the records that can still matter, as for more than a few thousand subjects.
+    locate_at_most = draw(st.sampled_from([duckdb_engine._LOCATE_AT_MOST, 0]))
     ws = _fresh(tmp_path_factory)
     try:
         _load(ws, [r for r in rows if r["bucket"] == 0], RECEIVED[0])
@@ -240,6 +243,7 @@ def test_incremental_snapshot_equals_full_score(
             with (
                 patch.object(snapshots, "MAX_DEPTH", depth),
                 patch.object(snapshots, "CONSOLIDATE_SHARE", share),
+                patch.object(duckdb_engine, "_LOCATE_AT_MOST", locate_at_most),
             ):
                 update = ws.engine.update(rb, previous, t, k, full_share=None)
             assert update.full_reason is None
@@ -367,10 +371,13 @@ def city_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path
     return out
 
 
+@pytest.mark.parametrize("locate", [True, False], ids=["located", "scanned"])
 @pytest.mark.parametrize("days", [0, 1, 45, 400])
 def test_incremental_on_a_synthetic_city_equals_full_score(
-    tmp_path: Path, city_files: dict[str, tuple[Path, Path]], days: int
+    tmp_path: Path, city_files: dict[str, tuple[Path, Path]], days: int, locate: bool
 ) -> None:
+    """An update equals a full score; its subjects' records read through the locator (every
+    record of theirs) or by scans of those that can still matter (as for many subjects)."""
     from civiscore.workspace import Workspace
 
     ws, _ = Workspace.init(tmp_path / "home")
@@ -383,7 +390,8 @@ def test_incremental_on_a_synthetic_city_equals_full_score(
         for dep, (_early, late) in city_files.items():
             ws.ingest(dep, late, received_at=k2)
         t2 = t1 + dt.timedelta(days=days)
-        update = ws.score_incremental(t2, k2, full_share=None)
+        with patch.object(duckdb_engine, "_LOCATE_AT_MOST", 10**9 if locate else 0):
+            update = ws.score_incremental(t2, k2, full_share=None)
         assert update.base_snapshot_id == base.snapshot_id
         assert update.affected_subjects is not None
         full = ws.score(t2, k2)

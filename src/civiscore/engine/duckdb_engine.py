@@ -19,6 +19,7 @@ from civiscore.engine.incremental import (
     lineage_records_seen,
     record_lineage,
     records_seen,
+    still_matters_sql,
     too_many,
     why_full,
 )
@@ -51,9 +52,10 @@ def build_stages(
     at: dt.datetime,
     known_at: dt.datetime,
     sid: int | Sequence[int] | None,
+    carried: str | None = None,
 ) -> None:
     """Create every stage of the plan as a temporary table (or view) on ``cur``."""
-    for stage in stages(rb, at, known_at, sid):
+    for stage in stages(rb, at, known_at, sid, carried):
         kind = "VIEW" if stage.view else "TABLE"
         cur.execute(f"CREATE OR REPLACE TEMP {kind} {stage.name} AS {stage.sql}")
 
@@ -239,15 +241,31 @@ def _rescore(
         if affected <= _LOCATE_AT_MOST
         else None  # so many subjects that their records are a scan's worth anyway
     )
-    their = located or f"SELECT * FROM {store_records} WHERE sid IN (SELECT sid FROM affected)"
+    if located is not None:
+        their = located
+    else:
+        # Only the records that can still matter: one scan per condition, the first skipping
+        # old row groups whole. The base's population is carried, so records kept for nothing
+        # but membership are not needed.
+        base_seen = lineage_records_seen(cur, base.snapshot_id)
+        conditions = still_matters_sql(rb, base, base_seen, at)
+        their = "\nUNION ALL\n".join(
+            f"SELECT * FROM {store_records} WHERE sid IN (SELECT sid FROM affected) AND {c}"
+            for c in conditions
+        )
     cur.execute(f"CREATE TEMP TABLE records AS {their}")
+    base_chain = snapshots.chain(cur, base.snapshot_id)
+    members = ", ".join(str(m) for m in base_chain)
+    cur.execute(
+        "CREATE TEMP TABLE carried AS SELECT DISTINCT sid FROM snapshot_scores "
+        f"WHERE snapshot_id IN ({members}) AND sid IN (SELECT sid FROM affected)"
+    )
     clock.lap("their records")
-    build_stages(cur, rb, at, known_at, None)
+    build_stages(cur, rb, at, known_at, None, carried="carried")
     clock.lap("plan stages")
     # Stored as a delta on the base (only the affected subjects' rows), unless the base's chain
     # is due to be consolidated: then every subject's rows, the others' copied from the base.
     link = snapshots.link_for(cur, base.snapshot_id, base.subjects, affected)
-    base_chain = snapshots.chain(cur, base.snapshot_id)
     cur.execute("BEGIN TRANSACTION")
     try:
         snapshot_id = _next_snapshot_id(cur)

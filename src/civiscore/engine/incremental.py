@@ -208,6 +208,49 @@ def shift_days(months: int, days: int) -> tuple[int, int]:
     return min(spans) - 3 + days, max(spans) + days
 
 
+def horizons(rb: Rulebook) -> dict[str, int | None]:
+    """Days after which a record of each kind can no longer change any answer (None: never).
+
+    A record matters at T only while one of its clocks runs: a rule's ``valid_for`` (it still
+    counts), a decision listing's ``duration`` (it is the decision, or the settlement that ends
+    it), or a conduct listing's ``within`` plus ``duration`` (it can still be in the window of an
+    instance that runs at T). Everything in the plan compares those ends with T as "> T", so a
+    record whose every clock ended by one month-end is inert at every later one. Merit caps only
+    see records still counting. A record past its horizon still makes its subject part of the
+    population (scored at the base): the lab scores a resident left with no record exactly so,
+    and an update carries its base's population forward. Calendar durations are bounded above
+    in days (:func:`shift_days`), so the horizon errs on keeping records.
+
+    >>> from civiscore.rulebook.load import demo_rulebook_path, load
+    >>> horizons(load(demo_rulebook_path()))["transport.fare_evasion"]  # P12M within + P180D
+    546
+    """
+
+    def days(d: Duration | None) -> int | None:
+        return None if d is None else shift_days(d.months, d.days)[1]
+
+    out: dict[str, int | None] = {}
+
+    def extend(kind: str, span: int | None) -> None:
+        if kind in out and out[kind] is None:
+            return
+        out[kind] = None if span is None else max(out.get(kind) or 0, span)
+
+    for rule in rb.rules:
+        extend(rule.kind, days(rule.valid_for))
+    for lst in rb.listings:
+        trig = lst.trigger
+        span = days(lst.duration)
+        if trig.decision is not None:
+            extend(trig.decision, span)
+            if lst.ended_by is not None:
+                extend(lst.ended_by.kind, span)
+        if trig.conduct is not None:
+            within = days(trig.conduct.within)
+            extend(trig.conduct.kind, None if span is None or within is None else span + within)
+    return out
+
+
 def clocks(rb: Rulebook) -> list[tuple[str, Duration]]:
     """Every (kind, duration) whose end, counted from a record's occurrence, can change a row.
 
@@ -276,6 +319,59 @@ def affected_sql(
     # (b), (c) a validity window or a listing runs out.
     parts += _clock_ends_sql(rb, base.at, at, K2)
     return "SELECT DISTINCT sid FROM (\n" + "\nUNION ALL\n".join(parts) + "\n) a"
+
+
+def still_matters_sql(
+    rb: Rulebook, base: Snapshot, records_seen: int | None, at: dt.datetime
+) -> list[str]:
+    """Conditions, disjoint, whose union is every record an update must read for a subject.
+
+    An update reruns the plan for the affected subjects, and a subject's rows at T2 depend only
+    on its records within their kind's horizon (:func:`horizons`), on retractions (a retraction
+    of a record that still counts may be dated anywhere), and on whether it is in the
+    population at all. Subjects in the base's population stay there (the caller carries them);
+    one that joins has a record received after K1, stored after the base's plan read the table,
+    or occurring after T1, so those are read too. Reading these rather than every record of the
+    subjects lets the first condition's constant bound skip old row groups by their zone maps.
+
+    The conditions are made disjoint so that a UNION ALL of one scan per condition reads each
+    record once.
+    """
+    T2 = at
+    limits = horizons(rb)
+    finite = {kind: days for kind, days in limits.items() if days is not None}
+    forever = sorted(kind for kind, days in limits.items() if days is None)
+
+    def since(days: int) -> str:
+        try:
+            return sql_timestamp(T2 - dt.timedelta(days=days + 1))
+        except OverflowError:  # T in the first centuries of the calendar: nothing is too old
+            return "TIMESTAMP '0001-01-01 00:00:00'"
+
+    def names(kinds: Sequence[str]) -> str:
+        return ", ".join("'" + k.replace("'", "''") + "'" for k in kinds)
+
+    parts: list[str] = []
+    if finite:
+        each = " OR ".join(
+            f"(kind = '{k.replace(chr(39), chr(39) * 2)}' AND occurred_at > {since(d)})"
+            for k, d in sorted(finite.items())
+        )
+        parts.append(f"occurred_at > {since(max(finite.values()))} AND ({each})")
+    if forever:
+        parts.append(f"kind IN ({names(forever)})")
+    joins = [
+        f"received_at > {sql_timestamp(base.known_at)}",
+        f"occurred_at > {sql_timestamp(base.at)}",
+    ]
+    if records_seen is not None:
+        joins.append(f"rowid >= {int(records_seen)}")
+    parts.append(" OR ".join(joins))
+    parts.append("retracts IS NOT NULL")
+    return [
+        "(" + ") AND (".join([p] + [f"NOT coalesce({q}, false)" for q in parts[:i]]) + ")"
+        for i, p in enumerate(parts)
+    ]
 
 
 def ensure_lineage(con: duckdb.DuckDBPyConnection) -> None:

@@ -138,8 +138,15 @@ def stages(
     at: dt.datetime,
     known_at: dt.datetime,
     sid: int | Sequence[int] | None,
+    carried: str | None = None,
 ) -> list[Stage]:
-    """The plan for one question (T, K; all subjects, one, or a set) as ordered stages."""
+    """The plan for one question (T, K; all subjects, one, or a set) as ordered stages.
+
+    ``carried`` names a relation of subjects known to be in the population whether or not
+    ``records`` shows it: an update reads only the records that can still matter, and carries
+    its base's population forward (:func:`civiscore.engine.incremental.still_matters_sql`).
+    """
+    also = f"\n                  UNION SELECT sid FROM {carried}" if carried else ""
     T, K = sql_timestamp(at), sql_timestamp(known_at)
     if sid is None:
         who = ""
@@ -225,7 +232,7 @@ def stages(
             "scores",
             f"""WITH population AS (
                   SELECT DISTINCT sid FROM records
-                  WHERE received_at <= {K} AND occurred_at <= {T}{who}
+                  WHERE received_at <= {K} AND occurred_at <= {T}{who}{also}
                 ), totals AS (
                   SELECT sid, sum(points) AS total FROM points GROUP BY sid
                 ), grave AS (

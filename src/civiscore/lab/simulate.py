@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 
 from civiscore.engine.duckdb_engine import DuckDBEngine
-from civiscore.engine.incremental import shift_days
+from civiscore.engine.incremental import horizons, shift_days
 from civiscore.engine.plan import band_sql, interval
 from civiscore.lab import behaviour
 from civiscore.lab.behaviour import OpenJudgments, Parameters, Population
@@ -144,50 +144,10 @@ def grave_offences(rb: Rulebook) -> dict[str, Duration]:
     return out
 
 
-def horizons(rb: Rulebook) -> dict[str, int | None]:
-    """Days after which a record of each kind can no longer change any answer (None: never).
-
-    A record matters at T only while one of its clocks runs: a rule's ``valid_for`` (it still
-    counts), a decision listing's ``duration`` (it is the decision, or the settlement that ends
-    it), or a conduct listing's ``within`` plus ``duration`` (it can still be in the window of an
-    instance that runs at T). Everything in the plan compares those ends with T as "> T", so a
-    record whose every clock ended by one month-end is inert at every later one. Merit caps only
-    see records still counting, and a resident left with no record is scored at the base by the
-    lab exactly as the plan would score them. Calendar durations are bounded above in days
-    (:func:`civiscore.engine.incremental.shift_days`), so the horizon errs on keeping records.
-
-    >>> from civiscore.rulebook.load import demo_rulebook_path, load
-    >>> horizons(load(demo_rulebook_path()))["transport.fare_evasion"]  # P12M within + P180D
-    546
-    """
-
-    def days(d: Duration | None) -> int | None:
-        return None if d is None else shift_days(d.months, d.days)[1]
-
-    out: dict[str, int | None] = {}
-
-    def extend(kind: str, span: int | None) -> None:
-        if kind in out and out[kind] is None:
-            return
-        out[kind] = None if span is None else max(out.get(kind) or 0, span)
-
-    for rule in rb.rules:
-        extend(rule.kind, days(rule.valid_for))
-    for lst in rb.listings:
-        trig = lst.trigger
-        span = days(lst.duration)
-        if trig.decision is not None:
-            extend(trig.decision, span)
-            if lst.ended_by is not None:
-                extend(lst.ended_by.kind, span)
-        if trig.conduct is not None:
-            within = days(trig.conduct.within)
-            extend(trig.conduct.kind, None if span is None or within is None else span + within)
-    return out
-
-
 def _prune(run: _Run, end: dt.datetime, offences: dict[str, Duration]) -> None:
-    """Delete the records that can change no later answer (see :func:`horizons`).
+    """Delete the records that can change no later answer.
+
+    See :func:`civiscore.engine.incremental.horizons`.
 
     Grave offences are also kept for their window, which section 4 reads from the records.
     """
@@ -280,7 +240,7 @@ def simulate(
         threads: DuckDB threads per store (default: DuckDB's own, the number of cores).
         keep_final_state: Keep each scenario's per-resident state at the last month-end.
         prune: Every :data:`PRUNE_EVERY` months, drop the records whose every clock has run
-            out (same results, less work; see :func:`horizons`).
+            out (same results, less work; see :func:`civiscore.engine.incremental.horizons`).
 
     Returns:
         The tables described in ``docs/policy-lab.md`` and the run's metadata.
