@@ -244,23 +244,23 @@ def _rescore(
     if located is not None:
         their = located
     else:
-        # Only the records that can still matter: one scan per condition, the first skipping
-        # old row groups whole. The base's population is carried, so records kept for nothing
-        # but membership are not needed.
+        # Only the records that can still matter, so fewer are copied and go through the plan.
+        # The base's population is carried, so records kept for nothing but membership are not
+        # needed.
         base_seen = lineage_records_seen(cur, base.snapshot_id)
-        conditions = still_matters_sql(rb, base, base_seen, at)
-        their = "\nUNION ALL\n".join(
-            f"SELECT * FROM {store_records} WHERE sid IN (SELECT sid FROM affected) AND {c}"
-            for c in conditions
+        their = (
+            f"SELECT * FROM {store_records} WHERE sid IN (SELECT sid FROM affected) "
+            f"AND ({still_matters_sql(rb, base, base_seen, at)})"
         )
     cur.execute(f"CREATE TEMP TABLE records AS {their}")
+    clock.lap("their records")
     base_chain = snapshots.chain(cur, base.snapshot_id)
     members = ", ".join(str(m) for m in base_chain)
     cur.execute(
         "CREATE TEMP TABLE carried AS SELECT DISTINCT sid FROM snapshot_scores "
         f"WHERE snapshot_id IN ({members}) AND sid IN (SELECT sid FROM affected)"
     )
-    clock.lap("their records")
+    clock.lap("carried population")
     build_stages(cur, rb, at, known_at, None, carried="carried")
     clock.lap("plan stages")
     # Stored as a delta on the base (only the affected subjects' rows), unless the base's chain

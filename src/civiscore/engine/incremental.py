@@ -323,19 +323,17 @@ def affected_sql(
 
 def still_matters_sql(
     rb: Rulebook, base: Snapshot, records_seen: int | None, at: dt.datetime
-) -> list[str]:
-    """Conditions, disjoint, whose union is every record an update must read for a subject.
+) -> str:
+    """A condition on ``records`` true of every record an update must read for a subject.
 
     An update reruns the plan for the affected subjects, and a subject's rows at T2 depend only
     on its records within their kind's horizon (:func:`horizons`), on retractions (a retraction
     of a record that still counts may be dated anywhere), and on whether it is in the
     population at all. Subjects in the base's population stay there (the caller carries them);
     one that joins has a record received after K1, stored after the base's plan read the table,
-    or occurring after T1, so those are read too. Reading these rather than every record of the
-    subjects lets the first condition's constant bound skip old row groups by their zone maps.
-
-    The conditions are made disjoint so that a UNION ALL of one scan per condition reads each
-    record once.
+    or occurring after T1, so those are read too. On the 5.2-million-resident city this keeps a
+    quarter of the affected subjects' records, so fewer are copied and fewer go through the
+    plan; the scan itself still reads the whole table.
     """
     T2 = at
     limits = horizons(rb)
@@ -368,10 +366,7 @@ def still_matters_sql(
         joins.append(f"rowid >= {int(records_seen)}")
     parts.append(" OR ".join(joins))
     parts.append("retracts IS NOT NULL")
-    return [
-        "(" + ") AND (".join([p] + [f"NOT coalesce({q}, false)" for q in parts[:i]]) + ")"
-        for i, p in enumerate(parts)
-    ]
+    return "(" + ")\n   OR (".join(parts) + ")"
 
 
 def ensure_lineage(con: duckdb.DuckDBPyConnection) -> None:
