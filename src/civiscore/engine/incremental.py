@@ -4,7 +4,9 @@ A snapshot answers the question (T, K): every subject's score, band, sub-scores 
 moment T from the records received by K. The daily question moves to (T2, K2) with T2 ≥ T1 and
 K2 ≥ K1, under the same rulebook version. Most subjects' answers do not change in a day, so
 :meth:`civiscore.engine.duckdb_engine.DuckDBEngine.update` reruns the plan only for the
-*affected* subjects and copies every other subject's rows from the base snapshot.
+*affected* subjects, over only their records that can still matter (:func:`still_matters_sql`),
+and stores their rows as a delta on the base snapshot (:mod:`civiscore.store.snapshots`): every
+other subject's rows are the base's.
 
 Why the result equals a full score at (T2, K2)
 ----------------------------------------------
@@ -62,6 +64,10 @@ Why the result equals a full score at (T2, K2)
 4. **Subjects never leave the population** (records are append-only and both thresholds only
    move forward), and new subjects have a record in (a) or (d). So the new snapshot is the
    base snapshot's rows of unaffected subjects plus the plan's rows for the affected ones.
+   For those the plan needs only the records within their kind's horizon at T2 and the
+   retractions (:func:`horizons`), plus membership of the population: a subject in the base's
+   population stays in it (carried), and one that joins does so by a record of (a) or (d),
+   which is read.
 
 5. **The base snapshot must say what it read.** Step 3 assumes the base holds f at (T1, K1)
    over every record received by K1. A record received by K1 but stored after the base's plan
@@ -109,9 +115,9 @@ CREATE TABLE IF NOT EXISTS {LINEAGE} (
 )"""
 
 # Above this share of the base snapshot's subjects affected, a full score is as fast as an
-# update: the update copies the affected subjects' records and still copies every other
-# subject's rows. Measured at 1 million residents: 36 % affected took 0.9-1.4x a full score,
-# 0.6 % took 13 %.
+# update, which scans for the affected subjects' records and reruns the plan on them. Measured
+# at 1 million residents before deltas: 36 % affected took 0.9-1.4x a full score, 0.6 % 13 %;
+# at 5.2 million with deltas, 3.7 % took 25 % (docs/benchmarks.md, "Incremental scoring").
 FULL_SCORE_SHARE = 0.25
 
 
