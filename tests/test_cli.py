@@ -33,6 +33,7 @@ runner = CliRunner(
         "CIVISCORE_HOME": None,
         "CIVISCORE_KEY_FILE": None,
         "CIVISCORE_BATCH_ROWS": None,
+        "CIVISCORE_MEMORY_LIMIT": None,
         "COLUMNS": "200",
     }
 )
@@ -657,3 +658,39 @@ def test_demo_runs_end_to_end_in_the_default_home(in_tmp: Path) -> None:
     keys = json.loads((home / "demo-keys.json").read_text())
     assert {role for role, _ in keys.values()} >= {"admin", "reviewer", "service", "subject"}
     assert all(key in text for _, key in keys.values())
+
+
+def test_memory_limit_bounds_the_store_of_each_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from civiscore.workspace import Workspace
+
+    limits: list[str] = []
+    close = Workspace.close
+
+    def noting_close(ws: Workspace) -> None:
+        row = ws.store.con.execute("SELECT current_setting('memory_limit')").fetchall()
+        limits.append(str(row[0][0]))
+        close(ws)
+
+    monkeypatch.setattr(Workspace, "close", noting_close)
+    home = tmp_path / "home"
+    expect(invoke(home, "init"), 0)
+    limits.clear()
+    expect(runner.invoke(app, ["--home", str(home), "--memory-limit", "300MB", "score"]), 0)
+    expect(
+        runner.invoke(app, ["--home", str(home), "score"], env={"CIVISCORE_MEMORY_LIMIT": "200MB"}),
+        0,
+    )
+    expect(invoke(home, "score"), 0)
+    # DuckDB counts in powers of ten and reports in powers of two.
+    assert limits[:2] == ["286.1 MiB", "190.7 MiB"]
+    assert limits[2] not in limits[:2]
+
+
+def test_a_memory_limit_duckdb_cannot_read_is_refused_with_an_example(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    expect(invoke(home, "init"), 0)
+    result = expect(runner.invoke(app, ["--home", str(home), "--memory-limit", "lots", "score"]), 2)
+    assert "--memory-limit 'lots' is not a size DuckDB accepts" in result.stderr
+    assert "4GB" in result.stderr

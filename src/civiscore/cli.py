@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import duckdb
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -70,12 +71,26 @@ KnownOpt = Annotated[
     typer.Option("--known-at", help="only what the store had received by then (default: now)"),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of tables")]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory-limit",
+        envvar="CIVISCORE_MEMORY_LIMIT",
+        help="memory the store may use for this command, e.g. 4GB; beyond it DuckDB spills to "
+        "disk (default: DuckDB's own, 80 % of the machine's memory)",
+    ),
+]
+# DuckDB's limit, set on the store's connection by every command that opens it.
+_MEMORY: dict[str, str] = {}
 
 
 @app.callback()
-def main(home: HomeOpt = None) -> None:
+def main(home: HomeOpt = None, memory_limit: MemoryOpt = None) -> None:
     """civiscore: department records → rulebook → scores, listings and explained decisions."""
     _STATE["home"] = resolve_home(home)
+    _MEMORY.clear()
+    if memory_limit:
+        _MEMORY["limit"] = memory_limit
 
 
 def _home() -> Path:
@@ -126,9 +141,25 @@ def _workspace(read_only: bool = False) -> Iterator[Workspace]:
     with _errors():
         ws = Workspace.open(_home(), read_only=read_only)
         try:
+            _limit_memory(ws)
             yield ws
         finally:
             ws.close()
+
+
+def _limit_memory(ws: Workspace) -> None:
+    """Apply ``--memory-limit`` to the store's connection, or say why it cannot be."""
+    limit = _MEMORY.get("limit")
+    if limit is None:
+        return
+    try:
+        ws.store.con.execute("SET memory_limit = '" + limit.replace("'", "''") + "'")
+    except duckdb.Error as exc:
+        first = str(exc).splitlines()[0]
+        fail(
+            f"--memory-limit {limit!r} is not a size DuckDB accepts ({first}); "
+            "give one such as 4GB or 512MB"
+        )
 
 
 # -- commands --------------------------------------------------------------------------------
