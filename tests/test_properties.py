@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from civiscore.workspace import Workspace
@@ -267,3 +267,63 @@ def test_a_retracted_record_is_as_if_it_never_existed(
     finally:
         a.close()
         b.close()
+
+
+_CON = None
+
+
+def _duckdb() -> Any:
+    global _CON
+    if _CON is None:
+        import duckdb
+
+        _CON = duckdb.connect()
+    return _CON
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    months=st.sampled_from([0, 1, 2, 6, 12, 24, 36]),
+    days=st.sampled_from([0, 1, 3, 30, 180]),
+    year=st.integers(min_value=2001, max_value=2040),
+    month=st.integers(min_value=1, max_value=12),
+    back=st.integers(min_value=0, max_value=40),
+    seconds=st.integers(min_value=0, max_value=86_399),
+    # Mostly within days of the threshold, where a month's end clamps dates out of order.
+    offset=st.one_of(
+        st.integers(min_value=-6 * 86_400, max_value=6 * 86_400),
+        st.integers(min_value=-40 * 86_400, max_value=40 * 86_400),
+    ),
+)
+# T = 2023-02-28 12:00 under P1M: 29 January 01:00 lands on 28 February 01:00 and does not
+# count, though 28 January 12:00:00.000001 does; and 31 January 13:00 counts.
+@example(months=1, days=0, year=2023, month=2, back=9, seconds=43_200, offset=46_800)
+@example(months=1, days=0, year=2023, month=2, back=9, seconds=43_200, offset=3 * 86_400 + 3_600)
+@example(months=6, days=3, year=2024, month=2, back=9, seconds=3_600, offset=-2 * 86_400)
+def test_count_bounds_agree_with_the_engines_calendar(
+    months: int, days: int, year: int, month: int, back: int, seconds: int, offset: int
+) -> None:
+    """A record before ``count_maybe`` never counts at T and one from ``count_sure`` always does,
+    by DuckDB's own calendar arithmetic; between them the plan tests it exactly."""
+    from civiscore.engine.plan import _COUNT_MARGIN, count_from
+    from civiscore.rulebook.model import Duration
+
+    if months == 0 and days == 0:
+        days = 1
+    # T on a month's last days (most often its very last), at any time of day.
+    first_of_next = dt.datetime(year + month // 12, month % 12 + 1, 1)
+    at = first_of_next - dt.timedelta(days=1 + (back if back < 4 else 0), seconds=-seconds)
+    d = Duration(months=months, days=days, text=f"P{months}M{days}D")
+    start = count_from(d, at)
+    assert start is not None
+    x = start + dt.timedelta(seconds=offset)
+    counts = (
+        _duckdb()
+        .execute(f"SELECT $x + to_months({months}) + to_days({days}) > $at", {"x": x, "at": at})
+        .fetchall()[0][0]
+    )
+    assert counts == (d.add_to(x) > at)  # Python's calendar is the engine's
+    if x >= start + _COUNT_MARGIN:
+        assert counts
+    if x < start - _COUNT_MARGIN:
+        assert not counts

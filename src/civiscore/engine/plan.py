@@ -64,8 +64,61 @@ def _periods(rule: Rule, value: DatedNumber) -> list[tuple[dt.date, dt.date | No
     return out
 
 
-def rules_values_sql(rb: Rulebook) -> str:
-    """The rules as a VALUES relation, one row per rule and period of its dated value."""
+def count_from(valid_for: Duration, at: dt.datetime) -> dt.datetime | None:
+    """A moment x where records start to count at ``at`` under ``valid_for``: one microsecond
+    before it, ``valid_for.add_to`` is at most ``at``; at it, later. None near the calendar's
+    ends.
+
+    Adding months keeps the time of day but clamps the date to the month's end, so it is not
+    quite non-decreasing: moments on the last four dates of a month can land on the same date in
+    the target month, out of order by time of day. Dates further apart keep their order. So
+    every occurrence at least :data:`_COUNT_MARGIN` after x still counts, none that far before it
+    does, and only those in between need the exact test.
+
+    >>> count_from(Duration.parse("P1M"), dt.datetime(2024, 3, 31))
+    datetime.datetime(2024, 3, 1, 0, 0)
+    """
+    try:
+        # add_to(lo) <= lo + 31 days a month + days < at, and add_to(hi) >= hi > at.
+        lo = at - dt.timedelta(days=31 * valid_for.months + valid_for.days + 2)
+        hi = at + dt.timedelta(microseconds=1)
+        valid_for.add_to(lo)
+        valid_for.add_to(hi)
+    except (OverflowError, ValueError):
+        return None
+    step = dt.timedelta(microseconds=1)
+    while hi - lo > step:  # invariant: add_to(lo) <= at < add_to(hi)
+        mid = lo + (hi - lo) // 2
+        if valid_for.add_to(mid) > at:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+# More than the spread of the four dates a month's end can clamp together (see count_from).
+_COUNT_MARGIN = dt.timedelta(days=5)
+
+
+def _count_bounds(rule: Rule, at: dt.datetime | None) -> tuple[str, str]:
+    """SQL for (count_maybe, count_sure): occurrences before the first never count at ``at``,
+    those from the second always do; in between the exact test decides."""
+    far_past, far_future = "TIMESTAMP '0001-01-01 00:00:00'", "TIMESTAMP '9999-12-31 00:00:00'"
+    if at is None or rule.valid_for is None:
+        return "NULL::TIMESTAMP", "NULL::TIMESTAMP"
+    start = count_from(rule.valid_for, at)
+    try:
+        assert start is not None
+        return sql_timestamp(start - _COUNT_MARGIN), sql_timestamp(start + _COUNT_MARGIN)
+    except (AssertionError, OverflowError, ValueError):
+        return far_past, far_future  # every record tested exactly
+
+
+def rules_values_sql(rb: Rulebook, at: dt.datetime | None = None) -> str:
+    """The rules as a VALUES relation, one row per rule and period of its dated value.
+
+    With ``at``, each row also carries the bounds of :func:`_count_bounds` at that moment.
+    """
     rows = []
     for no, rule in enumerate(rb.rules):
         per_unit = rule.points_per_unit is not None
@@ -75,22 +128,26 @@ def rules_values_sql(rb: Rulebook) -> str:
         hi = rule.when.quantity_below if rule.when else None
         vm = rule.valid_for.months if rule.valid_for else None
         vd = rule.valid_for.days if rule.valid_for else None
+        maybe, sure = _count_bounds(rule, at)
         for start, until, v in _periods(rule, value):
             rows.append(
                 f"({no}, {_q(rule.id)}, {_q(rule.kind)}, {_q(_context_of(rb, rule.kind))}, "
                 f"{rule_sign(rule)}, {_num(lo)}, {_num(hi)}, {str(per_unit).lower()}, {_num(v)}, "
                 f"{_num(rule.max_points_per_record)}, {vm if vm is not None else 'NULL'}, "
                 f"{vd if vd is not None else 'NULL'}, "
-                f"{_num(rule.cap.max_points if rule.cap else None)}, {_ts(start)}, {_ts(until)})"
+                f"{_num(rule.cap.max_points if rule.cap else None)}, {_ts(start)}, {_ts(until)}, "
+                f"{maybe}, {sure})"
             )
     if not rows:
         rows.append(
-            "(NULL, NULL, NULL, NULL, 0, NULL, NULL, false, 0, NULL, NULL, NULL, NULL, NULL, NULL)"
+            "(NULL, NULL, NULL, NULL, 0, NULL, NULL, false, 0, NULL, NULL, NULL, NULL, NULL, NULL, "
+            "NULL::TIMESTAMP, NULL::TIMESTAMP)"
         )
     return (
         "(SELECT * FROM (VALUES " + ",\n".join(rows) + ") AS rv(rule_no, rule_id, kind, context, "
         "sign, "
-        "q_lo, q_hi, per_unit, value, max_per_record, valid_m, valid_d, cap, v_from, v_until) "
+        "q_lo, q_hi, per_unit, value, max_per_record, valid_m, valid_d, cap, v_from, v_until, "
+        "count_maybe, count_sure) "
         "WHERE rule_id IS NOT NULL)"
     )
 
@@ -161,9 +218,11 @@ def stages(
     still_counting = (
         ""
         if one
+        # Most records compared with a constant per rule; only those near it exactly.
         else f"{_recent_enough(rb, at)}"
-        f"\n              AND (rv.valid_m IS NULL OR l.occurred_at + to_months(rv.valid_m)"
-        f" + to_days(rv.valid_d) > {T})"
+        "\n              AND (rv.valid_m IS NULL OR l.occurred_at >= rv.count_sure"
+        "\n                   OR (l.occurred_at >= rv.count_maybe AND l.occurred_at"
+        f" + to_months(rv.valid_m) + to_days(rv.valid_d) > {T}))"
     )
     out = [
         Stage(
@@ -199,7 +258,7 @@ def stages(
                    CASE WHEN rv.valid_m IS NULL THEN NULL
                         ELSE l.occurred_at + to_months(rv.valid_m) + to_days(rv.valid_d)
                    END AS counts_until
-            FROM live l JOIN {rules_values_sql(rb)} rv
+            FROM live l JOIN {rules_values_sql(rb, None if one else at)} rv
               ON l.kind = rv.kind AND l.occurred_at >= rv.v_from
              AND (rv.v_until IS NULL OR l.occurred_at < rv.v_until)
              AND (rv.q_lo IS NULL OR l.quantity >= rv.q_lo)
@@ -208,7 +267,7 @@ def stages(
             # For one subject a table, read twice; otherwise only the totals below read it.
             view=not one,
         ),
-        _totals(rb, T)
+        _totals(rb)
         if not one
         else Stage(
             "points",
@@ -281,7 +340,7 @@ def _after(at: dt.datetime, days: int, column: str) -> str:
     return f"\n              AND {column} > {sql_timestamp(bound)}"
 
 
-def _totals(rb: Rulebook, T: str) -> Stage:
+def _totals(rb: Rulebook) -> Stage:
     """``points`` for many subjects: their points per context, without a row per record.
 
     One subject's explanation needs each record's points, with the yearly merit cap applied
@@ -290,7 +349,8 @@ def _totals(rb: Rulebook, T: str) -> Stage:
     safeguards), and filling a cap record by record in any order then gives
     ``least(sum of the year's points, cap)`` for each subject, rule and year. So the total is
     two aggregations instead of a sort of every capped record, and equals the sum of the
-    explanation's lines (pinned by a property test).
+    explanation's lines (pinned by a property test). ``matched`` for many subjects already holds
+    only the records still counting at T.
     """
     return Stage(
         "points",
@@ -301,7 +361,6 @@ def _totals(rb: Rulebook, T: str) -> Stage:
                      CASE WHEN cap IS NOT NULL THEN year(occurred_at) END AS cap_year,
                      sum(raw_points) AS total
               FROM matched
-              WHERE counts_until IS NULL OR counts_until > {T}
               GROUP BY sid, rule_no, cap_year) m
         JOIN {rule_caps_sql(rb)} rc ON rc.rule_no = m.rule_no
         GROUP BY m.sid, rc.context""",
