@@ -26,7 +26,7 @@ from civiscore.engine.incremental import (
 from civiscore.engine.plan import stages
 from civiscore.rulebook.load import refuse_simulation_only
 from civiscore.rulebook.model import Rulebook
-from civiscore.store import locator, snapshots
+from civiscore.store import firsts, locator, snapshots
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
 from civiscore.timeutil import now_local
@@ -53,9 +53,10 @@ def build_stages(
     known_at: dt.datetime,
     sid: int | Sequence[int] | None,
     carried: str | None = None,
+    population: str | None = None,
 ) -> None:
     """Create every stage of the plan as a temporary table (or view) on ``cur``."""
-    for stage in stages(rb, at, known_at, sid, carried):
+    for stage in stages(rb, at, known_at, sid, carried, population):
         kind = "VIEW" if stage.view else "TABLE"
         cur.execute(f"CREATE OR REPLACE TEMP {kind} {stage.name} AS {stage.sql}")
 
@@ -93,6 +94,11 @@ class DuckDBEngine:
     ) -> duckdb.DuckDBPyConnection:
         """Build every stage for (T, K[, subjects]); returns the cursor holding them."""
         cur = self.store.con.cursor()
+        if sid is None:
+            # Everyone: the population from each subject's first records, not every record.
+            population = firsts.population_sql(cur, _store_records(cur), at, known_at)
+            build_stages(cur, rb, at, known_at, None, population=population)
+            return cur
         if sid is not None:
             # A few subjects: their records only, found through the locator, shadow the store's
             # table on this cursor (its temporary schema is searched first).
@@ -115,6 +121,9 @@ class DuckDBEngine:
         # A snapshot is what decisions are served from; a simulation-only rulebook never gets one.
         refuse_simulation_only(rb, "scoring into a snapshot")
         ensure_lineage(self.store.con)
+        # Records stored some other way, or whose fold was cut short, are read as the tail
+        # anyway; folding them first keeps that tail short (a no-op when nothing is new).
+        firsts.fold_new(self.store.con)
         seen = records_seen(self.store.con)  # before the plan reads the records
         cur = self.evaluate(rb, at, known_at)
         try:

@@ -196,13 +196,17 @@ def stages(
     known_at: dt.datetime,
     sid: int | Sequence[int] | None,
     carried: str | None = None,
+    population: str | None = None,
 ) -> list[Stage]:
     """The plan for one question (T, K; all subjects, one, or a set) as ordered stages.
 
     ``carried`` names a relation of subjects known to be in the population whether or not
     ``records`` shows it: an update reads only the records that can still matter, and carries
     its base's population forward (:func:`civiscore.engine.incremental.still_matters_sql`).
+    ``population``, for everyone, is a SELECT of the subjects in the population at (T, K) that
+    replaces the pass over every record (:func:`civiscore.store.firsts.population_sql`).
     """
+    assert population is None or sid is None, "a population is for everyone"
     also = f"\n                  UNION SELECT sid FROM {carried}" if carried else ""
     T, K = sql_timestamp(at), sql_timestamp(known_at)
     if sid is None:
@@ -212,6 +216,10 @@ def stages(
     else:
         who = f" AND sid IN ({', '.join(str(int(s)) for s in sid) or 'NULL'})"
     who_r = who.replace(" sid ", " r.sid ")
+    everyone = (
+        "SELECT DISTINCT sid FROM records\n"
+        f"                  WHERE received_at <= {K} AND occurred_at <= {T}{who}{also}"
+    )
     # Expired matches only matter to one subject's explanation ("stopped counting on …"); for
     # the population or a set of subjects they are dropped at once rather than stored.
     one = isinstance(sid, int)
@@ -290,8 +298,7 @@ def stages(
         Stage(
             "scores",
             f"""WITH population AS (
-                  SELECT DISTINCT sid FROM records
-                  WHERE received_at <= {K} AND occurred_at <= {T}{who}{also}
+                  {population or everyone}
                 ), totals AS (
                   SELECT sid, sum(points) AS total FROM points GROUP BY sid
                 ), grave AS (

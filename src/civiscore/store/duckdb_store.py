@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from civiscore.store import locator, snapshots
+from civiscore.store import firsts, locator, snapshots
 from civiscore.store.base import BatchResult, Snapshot, StoredRulebook
 
 SCHEMA_VERSION = "1"
@@ -128,6 +128,7 @@ class DuckDBStore:
         con = duckdb.connect(str(path))
         con.execute(_SCHEMA)
         locator.ensure(con)
+        firsts.ensure(con)
         snapshots.ensure(con)
         con.execute(
             "INSERT INTO meta SELECT 'schema_version', ? WHERE NOT EXISTS "
@@ -146,6 +147,7 @@ class DuckDBStore:
         con = duckdb.connect(str(path), read_only=read_only)
         if not read_only:
             locator.ensure(con)
+            firsts.ensure(con)
             snapshots.ensure(con)
         return cls(con, path)
 
@@ -154,6 +156,7 @@ class DuckDBStore:
         con = duckdb.connect()
         con.execute(_SCHEMA)
         locator.ensure(con)
+        firsts.ensure(con)
         snapshots.ensure(con)
         return cls(con, None)
 
@@ -359,6 +362,7 @@ class DuckDBStore:
             for name in ("ingest_subjects", "ingest_new_subjects", "ingest_sids", "ingest_clash"):
                 con.execute(f"DROP TABLE IF EXISTS {name}")
         locator.index_new(con)
+        firsts.fold_new(con)
         assert inserted is not None and duplicates is not None
         return BatchResult(int(inserted[0]), int(duplicates[0]), conflicts, sids)
 
@@ -384,6 +388,7 @@ class DuckDBStore:
             [department, by_record_id, row[0], row[1], at, record_id, at, department, by_record_id],
         )
         locator.index_new(self.con)
+        firsts.fold_new(self.con)
         return int(row[0])
 
     # -- subjects ----------------------------------------------------------------------------
