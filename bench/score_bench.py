@@ -54,6 +54,7 @@ from rich.table import Table
 
 from civiscore.engine.plan import stages
 from civiscore.rulebook.model import Rulebook
+from civiscore.store import firsts
 from civiscore.synth.city import DEFAULT_END, DEPARTMENT_FORMATS, write_city
 from civiscore.timeutil import now_local, sql_timestamp
 from civiscore.workspace import Workspace
@@ -322,11 +323,15 @@ class StageTime:
 def stage_breakdown(
     ws: Workspace, rb: Rulebook, at: dt.datetime, known_at: dt.datetime
 ) -> list[StageTime]:
-    """Each stage of the plan as its own temp table on one cursor, timed."""
+    """Each stage of the plan as its own temp table on one cursor, timed.
+
+    The population comes from each subject's first records, as ``DuckDBEngine.score`` takes it.
+    """
     cur = ws.store.con.cursor()
     out = []
     try:
-        for stage in stages(rb, at, known_at, None):
+        population = firsts.population_sql(cur, "records", at, known_at)
+        for stage in stages(rb, at, known_at, None, population=population):
             start = time.perf_counter()
             cur.execute(f"CREATE OR REPLACE TEMP TABLE {stage.name} AS {stage.sql}")
             seconds = time.perf_counter() - start
@@ -345,7 +350,8 @@ def profile_stages(
     out.mkdir(parents=True, exist_ok=True)
     cur = ws.store.con.cursor()
     try:
-        for stage in stages(rb, at, known_at, None):
+        population = firsts.population_sql(cur, "records", at, known_at)
+        for stage in stages(rb, at, known_at, None, population=population):
             (out / f"{stage.name}.sql").write_text(stage.sql + "\n")
             cur.execute("SET enable_profiling = 'json'")
             cur.execute(f"SET profiling_output = '{out / stage.name}.json'")
