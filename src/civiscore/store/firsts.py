@@ -3,8 +3,7 @@
 A subject is in the population at (T, K) when one of its records was received by K and occurred
 by T. Found with ``DISTINCT sid`` over every record, that was a fifth of a full score (1.2 s of
 5.7 s at 50 million records). ``subject_firsts`` keeps, per subject, two of its records' (occurred,
-received) pairs: the earliest by occurrence (then receipt) and the earliest by receipt (then
-occurrence). Then at (T, K) a subject
+received) pairs: one that occurred first and one that arrived first. Then at (T, K) a subject
 
 * **is in** when either pair is within (T, K) (it is a real record);
 * **is out** when its earliest occurrence is after T or its earliest receipt after K;
@@ -35,12 +34,18 @@ _REBUILD_AT = 100_000
 
 
 def ensure(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the table if the store has none (stores made before it existed)."""
+    """Create the table if the store has none (stores made before it existed).
+
+    ``first_occurred`` and ``its_received`` are one record's, the earliest to occur;
+    ``first_received`` and ``its_occurred`` one record's, the earliest to arrive.
+    """
     con.execute(
         f"""CREATE TABLE IF NOT EXISTS {TABLE} (
             sid BIGINT NOT NULL,
-            by_occurrence STRUCT(occurred_at TIMESTAMP, received_at TIMESTAMP) NOT NULL,
-            by_receipt STRUCT(received_at TIMESTAMP, occurred_at TIMESTAMP) NOT NULL
+            first_occurred TIMESTAMP NOT NULL,
+            its_received TIMESTAMP NOT NULL,
+            first_received TIMESTAMP NOT NULL,
+            its_occurred TIMESTAMP NOT NULL
         )"""
     )
 
@@ -58,10 +63,22 @@ def covered(con: duckdb.DuckDBPyConnection) -> int | None:
 
 
 def _firsts_of(source: str) -> str:
-    return f"""SELECT sid,
-               min({{'occurred_at': occurred_at, 'received_at': received_at}}) AS by_occurrence,
-               min({{'received_at': received_at, 'occurred_at': occurred_at}}) AS by_receipt
+    """Per subject of ``source`` (rows with this table's columns, or records), its firsts.
+
+    Plain ``arg_min`` rather than a minimum of (occurred, received) pairs: twice as fast, and
+    among records that occurred first any one's receipt will do (it is a real record's).
+    """
+    return f"""SELECT sid, min(first_occurred) AS first_occurred,
+               arg_min(its_received, first_occurred) AS its_received,
+               min(first_received) AS first_received,
+               arg_min(its_occurred, first_received) AS its_occurred
         FROM {source} GROUP BY sid"""
+
+
+def _of_records(upto: int) -> str:
+    return f"""(SELECT sid, occurred_at AS first_occurred, received_at AS its_received,
+                   received_at AS first_received, occurred_at AS its_occurred
+            FROM records WHERE rowid >= {int(upto)})"""
 
 
 def fold_new(con: duckdb.DuckDBPyConnection) -> None:
@@ -78,26 +95,24 @@ def fold_new(con: duckdb.DuckDBPyConnection) -> None:
         total = int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
         if total > upto:
             con.execute(
-                "CREATE OR REPLACE TEMP TABLE firsts_new AS "
-                + _firsts_of(f"(SELECT * FROM records WHERE rowid >= {upto})")
+                "CREATE OR REPLACE TEMP TABLE firsts_new AS " + _firsts_of(_of_records(upto))
             )
             new = int(con.execute("SELECT count(*) FROM firsts_new").fetchall()[0][0])
             if new > _REBUILD_AT:
                 both = f"(SELECT * FROM {TABLE} UNION ALL SELECT * FROM firsts_new)"
-                con.execute(
-                    f"""CREATE OR REPLACE TABLE {TABLE} AS
-                    SELECT sid, min(by_occurrence) AS by_occurrence,
-                           min(by_receipt) AS by_receipt
-                    FROM {both} GROUP BY sid"""
-                )
+                con.execute(f"CREATE OR REPLACE TABLE {TABLE} AS {_firsts_of(both)}")
             else:
                 con.execute(
                     f"""UPDATE {TABLE} f
-                    SET by_occurrence = least(f.by_occurrence, n.by_occurrence),
-                        by_receipt = least(f.by_receipt, n.by_receipt)
+                    SET first_occurred = least(f.first_occurred, n.first_occurred),
+                        its_received = CASE WHEN n.first_occurred < f.first_occurred
+                                            THEN n.its_received ELSE f.its_received END,
+                        first_received = least(f.first_received, n.first_received),
+                        its_occurred = CASE WHEN n.first_received < f.first_received
+                                            THEN n.its_occurred ELSE f.its_occurred END
                     FROM firsts_new n
-                    WHERE f.sid = n.sid
-                      AND (n.by_occurrence < f.by_occurrence OR n.by_receipt < f.by_receipt)"""
+                    WHERE f.sid = n.sid AND (n.first_occurred < f.first_occurred
+                                             OR n.first_received < f.first_received)"""
                 )
                 con.execute(
                     f"INSERT INTO {TABLE} SELECT n.* FROM firsts_new n "
@@ -124,10 +139,10 @@ def population_sql(
     T, K = sql_timestamp(at), sql_timestamp(known_at)
     within = f"received_at <= {K} AND occurred_at <= {T}"
     known_in = (
-        f"(by_occurrence.occurred_at <= {T} AND by_occurrence.received_at <= {K}) "
-        f"OR (by_receipt.received_at <= {K} AND by_receipt.occurred_at <= {T})"
+        f"(first_occurred <= {T} AND its_received <= {K}) "
+        f"OR (first_received <= {K} AND its_occurred <= {T})"
     )
-    known_out = f"by_occurrence.occurred_at > {T} OR by_receipt.received_at > {K}"
+    known_out = f"first_occurred > {T} OR first_received > {K}"
     inside = f"SELECT sid FROM {TABLE} WHERE {known_in}"
     total = int(con.execute(f"SELECT count(*) FROM {records}").fetchall()[0][0])
     others = []
