@@ -34,9 +34,8 @@ from civiscore.timeutil import now_local
 # A snapshot's rows, from the plan's stage tables: ``$id`` is the new snapshot's number.
 _FRESH: dict[str, str] = {
     "snapshot_scores": "SELECT $id AS snapshot_id, sid, score, band, band <> raw_band FROM scores",
-    "snapshot_contexts": (
-        "SELECT $id AS snapshot_id, sid, context, sum(points) FROM points GROUP BY sid, context"
-    ),
+    # For many subjects ``points`` already holds one total per subject and context.
+    "snapshot_contexts": "SELECT $id AS snapshot_id, sid, context, points FROM points",
     "snapshot_listings": """SELECT $id AS snapshot_id, sid, listing, list, since, until,
                    record_id, department, reference
             FROM (SELECT * FROM decision_listings WHERE list = 'blacklist'
