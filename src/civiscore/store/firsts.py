@@ -24,6 +24,7 @@ import datetime as dt
 
 import duckdb
 
+from civiscore.store import watermark
 from civiscore.timeutil import sql_timestamp
 
 TABLE = "subject_firsts"
@@ -52,14 +53,7 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
 
 def covered(con: duckdb.DuckDBPyConnection) -> int | None:
     """How many of the first records the table covers; None when the store has no table."""
-    exists = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = ?",
-        [TABLE],
-    ).fetchall()
-    if not exists[0][0]:
-        return None
-    row = con.execute("SELECT value FROM meta WHERE key = ?", [_UPTO]).fetchall()
-    return int(row[0][0]) if row else 0
+    return watermark.covered(con, TABLE, _UPTO)
 
 
 def _firsts_of(source: str) -> str:
@@ -82,48 +76,35 @@ def _of_records(upto: int) -> str:
 
 
 def fold_new(con: duckdb.DuckDBPyConnection) -> None:
-    """Fold the records stored since the watermark into the table, in a transaction of its own.
+    """Fold the records stored since the watermark into the table (see
+    :func:`civiscore.store.watermark.extend`)."""
 
-    Call it after the transaction that stored them has committed (rowids are provisional until
-    then); a crash in between leaves them in the tail, where they are still read.
-    """
-    if covered(con) is None:
-        return
-    con.execute("BEGIN TRANSACTION")
-    try:
-        upto = covered(con) or 0
-        total = int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
-        if total > upto:
+    def fold(upto: int) -> None:
+        con.execute("CREATE OR REPLACE TEMP TABLE firsts_new AS " + _firsts_of(_of_records(upto)))
+        new = int(con.execute("SELECT count(*) FROM firsts_new").fetchall()[0][0])
+        if new > _REBUILD_AT:
+            both = f"(SELECT * FROM {TABLE} UNION ALL SELECT * FROM firsts_new)"
+            con.execute(f"CREATE OR REPLACE TABLE {TABLE} AS {_firsts_of(both)}")
+        else:
             con.execute(
-                "CREATE OR REPLACE TEMP TABLE firsts_new AS " + _firsts_of(_of_records(upto))
+                f"""UPDATE {TABLE} f
+                SET first_occurred = least(f.first_occurred, n.first_occurred),
+                    its_received = CASE WHEN n.first_occurred < f.first_occurred
+                                        THEN n.its_received ELSE f.its_received END,
+                    first_received = least(f.first_received, n.first_received),
+                    its_occurred = CASE WHEN n.first_received < f.first_received
+                                        THEN n.its_occurred ELSE f.its_occurred END
+                FROM firsts_new n
+                WHERE f.sid = n.sid AND (n.first_occurred < f.first_occurred
+                                         OR n.first_received < f.first_received)"""
             )
-            new = int(con.execute("SELECT count(*) FROM firsts_new").fetchall()[0][0])
-            if new > _REBUILD_AT:
-                both = f"(SELECT * FROM {TABLE} UNION ALL SELECT * FROM firsts_new)"
-                con.execute(f"CREATE OR REPLACE TABLE {TABLE} AS {_firsts_of(both)}")
-            else:
-                con.execute(
-                    f"""UPDATE {TABLE} f
-                    SET first_occurred = least(f.first_occurred, n.first_occurred),
-                        its_received = CASE WHEN n.first_occurred < f.first_occurred
-                                            THEN n.its_received ELSE f.its_received END,
-                        first_received = least(f.first_received, n.first_received),
-                        its_occurred = CASE WHEN n.first_received < f.first_received
-                                            THEN n.its_occurred ELSE f.its_occurred END
-                    FROM firsts_new n
-                    WHERE f.sid = n.sid AND (n.first_occurred < f.first_occurred
-                                             OR n.first_received < f.first_received)"""
-                )
-                con.execute(
-                    f"INSERT INTO {TABLE} SELECT n.* FROM firsts_new n "
-                    f"ANTI JOIN {TABLE} f ON f.sid = n.sid"
-                )
-            con.execute("DROP TABLE firsts_new")
-            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_UPTO, str(total)])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+            con.execute(
+                f"INSERT INTO {TABLE} SELECT n.* FROM firsts_new n "
+                f"ANTI JOIN {TABLE} f ON f.sid = n.sid"
+            )
+        con.execute("DROP TABLE firsts_new")
+
+    watermark.extend(con, TABLE, _UPTO, fold)
 
 
 def population_sql(

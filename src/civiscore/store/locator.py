@@ -20,6 +20,8 @@ from collections.abc import Sequence
 
 import duckdb
 
+from civiscore.store import watermark
+
 TABLE = "records_by_subject"
 _UPTO = "records_by_subject_upto"
 
@@ -38,39 +40,19 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
 
 def covered(con: duckdb.DuckDBPyConnection) -> int | None:
     """How many of the first records the locator covers; None when the store has no locator."""
-    exists = con.execute(
-        "SELECT count(*) FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = ?",
-        [TABLE],
-    ).fetchall()
-    if not exists[0][0]:
-        return None
-    row = con.execute("SELECT value FROM meta WHERE key = ?", [_UPTO]).fetchall()
-    return int(row[0][0]) if row else 0
+    return watermark.covered(con, TABLE, _UPTO)
 
 
 def index_new(con: duckdb.DuckDBPyConnection) -> None:
-    """Add the records stored since the watermark, in a transaction of its own.
+    """Add the records stored since the watermark (see :func:`civiscore.store.watermark.extend`)."""
 
-    Call it after the transaction that stored them has committed: until then DuckDB gives new
-    rows provisional rowids. A crash in between leaves them above the watermark, where they are
-    still found (by the tail scan) and indexed by the next call.
-    """
-    if covered(con) is None:
-        return
-    con.execute("BEGIN TRANSACTION")
-    try:
-        upto = covered(con) or 0
-        total = int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
-        if total > upto:
-            con.execute(
-                f"INSERT INTO {TABLE} SELECT sid, rowid FROM records WHERE rowid >= {upto} "
-                "ORDER BY sid, rowid"
-            )
-            con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_UPTO, str(total)])
-        con.execute("COMMIT")
-    except BaseException:
-        con.execute("ROLLBACK")
-        raise
+    def fold(upto: int) -> None:
+        con.execute(
+            f"INSERT INTO {TABLE} SELECT sid, rowid FROM records WHERE rowid >= {upto} "
+            "ORDER BY sid, rowid"
+        )
+
+    watermark.extend(con, TABLE, _UPTO, fold)
 
 
 def subjects_records_sql(
