@@ -327,3 +327,49 @@ def test_count_bounds_agree_with_the_engines_calendar(
         assert counts
     if x < start - _COUNT_MARGIN:
         assert not counts
+
+
+@settings(
+    max_examples=12,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(order=st.permutations(["F1", "F2", "F3", "F4"]))
+def test_records_at_the_same_moment_name_the_same_record_whatever_the_order(
+    tmp_path_factory: Any, order: list[str]
+) -> None:
+    """Three fare evasions within a year list a rail fare evader. When the latest two occurred at
+    the same moment, the listing names the same one (the last by record_id) however the records
+    were stored; it once named whichever the engine met first, so a full score and an update,
+    or DuckDB and Spark, could disagree."""
+    moments = {
+        "F1": "2026-03-01T08:00:00",
+        "F2": "2026-04-01T08:00:00",
+        "F3": "2026-05-01T08:00:00",
+        "F4": "2026-05-01T08:00:00",
+    }
+    ws = _fresh(tmp_path_factory)
+    try:
+        for record_id in order:  # one file each, so each is stored in the drawn order
+            ingest_rows(
+                ws,
+                "transport",
+                [
+                    {
+                        "record_id": record_id,
+                        "subject_id": resident_id(5),
+                        "kind": "transport.fare_evasion",
+                        "occurred_at": moments[record_id],
+                    }
+                ],
+                received_at=dt.datetime(2026, 6, 1),
+            )
+        snap = ws.score(dt.datetime(2026, 6, 1), dt.datetime(2026, 6, 1))
+        named = ws.store.con.execute(
+            "SELECT record_id FROM snapshot_listings WHERE snapshot_id = ? "
+            "AND listing = 'rail_fare_evader'",
+            [snap.snapshot_id],
+        ).fetchall()
+        assert named == [("F4",)]
+    finally:
+        ws.close()

@@ -236,7 +236,8 @@ def stages(
         Stage(
             "withdrawn",
             f"""SELECT department, retracts AS record_id, sid,
-                   arg_min(record_id, received_at) AS by_record, min(received_at) AS known_since
+                   arg_min(record_id, {{'at': received_at, 'id': record_id}}) AS by_record,
+                   min(received_at) AS known_since
             FROM records
             WHERE retracts IS NOT NULL AND received_at <= {K}{who}
             GROUP BY department, retracts, sid""",
@@ -438,6 +439,12 @@ def _conduct_listings_sql(rb: Rulebook, at: dt.datetime) -> str:
     return "\nUNION ALL\n".join(parts)
 
 
+# The record that started a subject's latest instance: by occurrence, and among records that
+# occurred at the same moment the last by department and record_id, so that every engine and
+# every run names the same one.
+_LATEST = "{'since': since, 'department': department, 'record_id': record_id}"
+
+
 def _one_conduct(listing: Listing, kind: str, count: int, within: Duration, at: dt.datetime) -> str:
     assert listing.duration is not None
     T = sql_timestamp(at)
@@ -451,7 +458,8 @@ def _one_conduct(listing: Listing, kind: str, count: int, within: Duration, at: 
     return f"""SELECT {_q(listing.id)} AS listing, {_q(listing.list)} AS list,
                {str(listing.grave).lower()} AS grave, sid, min(since) AS since,
                max(since + {interval(listing.duration)}) AS until, NULL::TIMESTAMP AS ended_at,
-               arg_max(record_id, since) AS record_id, arg_max(department, since) AS department,
+               arg_max(record_id, {_LATEST}) AS record_id,
+               arg_max(department, {_LATEST}) AS department,
                NULL::VARCHAR AS reference
         FROM (
           SELECT sid, occurred_at AS since, record_id, department,
