@@ -293,10 +293,12 @@ def _rescore(
             snapshots.record_delta(cur, snapshot_id, link, "affected")
             fresh = f"SELECT sid FROM snapshot_scores WHERE snapshot_id = {snapshot_id}"
             row = first_row(cur, f"SELECT count(*) FROM ({fresh})")
-            again = first_row(cur, snapshots.known_before(base_chain, fresh))
+            # ``carried`` holds the affected subjects already in the base's population.
+            again = first_row(cur, f"SELECT count(*) FROM ({fresh}) WHERE sid IN (FROM carried)")
             assert row is not None and again is not None
             # Subjects never leave the population: the base's, plus the new ones.
             count = base.subjects + int(row[0]) - int(again[0])
+        clock.lap("count subjects")
         count = _write_snapshot(cur, snapshot_id, rb, at, known_at, created, count)
         record_lineage(cur, snapshot_id, base.snapshot_id, affected, seen)
         cur.execute("COMMIT")

@@ -141,14 +141,3 @@ def rows_sql(table: str, members: Sequence[int]) -> str:
 def resolved(con: duckdb.DuckDBPyConnection, table: str, snapshot_id: int) -> str:
     """:func:`rows_sql` for a snapshot, its chain looked up in the store."""
     return rows_sql(table, chain(con, snapshot_id))
-
-
-def known_before(members: Sequence[int], sids: str) -> str:
-    """How many of the subjects in ``sids`` (a subquery) have a score in the snapshot whose
-    chain is ``members``: subjects never leave the population, so a row in any member counts.
-    """
-    ids = ", ".join(str(int(m)) for m in members)
-    return (
-        f"SELECT count(*) FROM ({sids}) n WHERE EXISTS (SELECT 1 FROM snapshot_scores b "
-        f"WHERE b.snapshot_id IN ({ids}) AND b.sid = n.sid)"
-    )
