@@ -117,7 +117,7 @@ CREATE TABLE IF NOT EXISTS {LINEAGE} (
 # Above this share of the base snapshot's subjects affected, a full score is as fast as an
 # update, which scans for the affected subjects' records and reruns the plan on them. Measured
 # at 1 million residents before deltas: 36 % affected took 0.9-1.4x a full score, 0.6 % 13 %;
-# at 5.2 million with deltas, 3.7 % took 25 % (docs/benchmarks.md, "Incremental scoring").
+# at 21.9 million with deltas, 3.6 % took 26 % (docs/benchmarks.md, "Incremental scoring").
 FULL_SCORE_SHARE = 0.25
 
 

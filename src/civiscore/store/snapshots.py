@@ -38,7 +38,7 @@ AFFECTED = "snapshot_affected"
 MAX_DEPTH = 30
 # Every read anti-joins the full snapshot's rows with the subjects rescored down the chain; this
 # bounds that set. Measured one member deep at Beijing's size, the operator's statistics read
-# from a delta in 0.6-0.9 s against 0.25 s from a full snapshot (docs/benchmarks.md).
+# from a delta in 0.6-0.9 s against 0.24 s from a full snapshot (docs/benchmarks.md).
 CONSOLIDATE_SHARE = 0.25
 
 _DDL = f"""
