@@ -35,6 +35,7 @@ to stdout.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -43,7 +44,7 @@ import resource
 import shutil
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -54,7 +55,7 @@ from rich.table import Table
 
 from civiscore.engine.plan import stages
 from civiscore.rulebook.model import Rulebook
-from civiscore.store import firsts
+from civiscore.store import firsts, locator
 from civiscore.synth.city import DEFAULT_END, DEPARTMENT_FORMATS, write_city
 from civiscore.timeutil import now_local, sql_timestamp
 from civiscore.workspace import Workspace
@@ -214,13 +215,37 @@ class FileIngest:
     seconds: float
     baseline_seconds: float = 0.0
     baseline_rows: int = 0
+    # Within ``seconds``: extending the subject locator and folding the first records.
+    locator_seconds: float = 0.0
+    first_records_seconds: float = 0.0
+
+
+@contextlib.contextmanager
+def timing(module: Any, name: str, into: list[float]) -> Iterator[None]:
+    """Add the seconds each call of ``module.name`` takes to ``into[0]`` while inside."""
+    original = getattr(module, name)
+
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            into[0] += time.perf_counter() - start
+
+    setattr(module, name, timed)
+    try:
+        yield
+    finally:
+        setattr(module, name, original)
 
 
 def ingest(ws: Workspace, departments: dict[str, Path]) -> list[FileIngest]:
     out = []
     for dep, path in sorted(departments.items()):
+        located, folded = [0.0], [0.0]
         start = time.perf_counter()
-        summary = ws.ingest(dep, path)
+        with timing(locator, "index_new", located), timing(firsts, "fold_new", folded):
+            summary = ws.ingest(dep, path)
         seconds = time.perf_counter() - start
         out.append(
             FileIngest(
@@ -231,11 +256,14 @@ def ingest(ws: Workspace, departments: dict[str, Path]) -> list[FileIngest]:
                 summary.accepted,
                 summary.rejected,
                 seconds,
+                locator_seconds=located[0],
+                first_records_seconds=folded[0],
             )
         )
         console.print(
             f"  ingest {dep:<14} {summary.rows:>11,} rows {seconds:8.2f} s "
-            f"({summary.rows / seconds:,.0f} rows/s)"
+            f"({summary.rows / seconds:,.0f} rows/s; locator {located[0]:.2f} s, "
+            f"first records {folded[0]:.2f} s)"
         )
     return out
 
@@ -503,6 +531,11 @@ def report(res: Results) -> None:
             f"{res.load_average['before score']} / {res.load_average['after score']}",
         ),
         ("ingest total (civiscore)", f"{res.ingest_seconds:.1f} s"),
+        (
+            "  of which: subject locator / first records",
+            f"{sum(f.locator_seconds for f in res.ingest):.1f} s / "
+            f"{sum(f.first_records_seconds for f in res.ingest):.1f} s",
+        ),
         ("ingest total (plain DuckDB)", f"{res.baseline_seconds:.1f} s"),
         ("ingest / baseline", f"{res.ingest_ratio:.1f}x"),
         ("peak RSS (ru_maxrss, whole process)", f"{res.peak_rss_mib:,.0f} MiB"),
