@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
@@ -59,20 +58,15 @@ def _scanned(store: DuckDBStore, at: dt.datetime, known_at: dt.datetime) -> list
     stores=_stores,
     at=st.integers(-1, 6),
     known_at=st.integers(-1, 6),
-    rebuild=st.booleans(),
 )
 # A later transaction brings a subject's first records earlier: the fold must update them.
-@example(stores=[([(1, 5, 5)], True), ([(1, 1, 1)], True)], at=2, known_at=2, rebuild=False)
-@example(stores=[([(1, 5, 5)], True), ([(1, 1, 1)], True)], at=2, known_at=2, rebuild=True)
+@example(stores=[([(1, 5, 5)], True), ([(1, 1, 1)], True)], at=2, known_at=2)
 def test_the_population_is_exactly_the_subjects_with_a_record_within_t_and_k(
     stores: list[tuple[list[tuple[int, int, int]], bool]],
     at: int,
     known_at: int,
-    rebuild: bool,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Folded or not, updated or rebuilt, and whatever (T, K): the subjects a scan finds."""
-    monkeypatch.setattr(firsts, "_REBUILD_AT", 0 if rebuild else 10_000)
+    """Folded or not, and whatever (T, K): the subjects a scan finds."""
     store = DuckDBStore.memory()
     try:
         first = 0
