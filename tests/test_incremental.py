@@ -496,6 +496,37 @@ def test_an_update_stores_only_the_subjects_it_rescored(ws: Any) -> None:
     assert {**ws.stats(update.snapshot), "snapshot_id": 0} == {**ws.stats(again), "snapshot_id": 0}
 
 
+def test_the_operators_listing_history_reads_a_delta_through_its_base(ws: Any) -> None:
+    """A debtor listed in the base and not rescored still counts in the delta's history."""
+    from civiscore.web.data import _listing_history
+
+    _three_taxpayers(ws)
+    ingest_rows(
+        ws,
+        "courts",
+        [
+            {
+                "record_id": "C1",
+                "subject_id": resident_id(9),
+                "kind": "court.judgment_default",
+                "occurred_at": "2026-01-05T10:00:00",
+                "reference": "J1",
+            }
+        ],
+        received_at=dt.datetime(2026, 1, 6),
+    )
+    k = dt.datetime(2026, 6, 1)
+    ws.score(dt.datetime(2026, 2, 15), k)
+    with patch.object(snapshots, "CONSOLIDATE_SHARE", 1.0):
+        update = ws.score_incremental(dt.datetime(2026, 3, 15), k, full_share=None)
+    assert update.affected_subjects == 1  # a taxpayer; the debtor's rows stay in the base
+    from_delta = _listing_history(ws.store.con)
+    ws.score(dt.datetime(2026, 3, 15), k)  # now the latest snapshot at that moment
+    from_full = _listing_history(ws.store.con)
+    assert from_delta == from_full
+    assert [n for at, _, n in from_delta if at == dt.datetime(2026, 3, 15)] == [1]
+
+
 def test_a_chain_of_deltas_is_consolidated_at_its_depth_limit(ws: Any) -> None:
     _three_taxpayers(ws)
     k = dt.datetime(2026, 6, 1)

@@ -98,14 +98,13 @@ class DuckDBEngine:
             population = firsts.population_sql(cur, _store_records(cur), at, known_at)
             build_stages(cur, rb, at, known_at, None, population=population)
             return cur
-        if sid is not None:
-            # A few subjects: their records only, found through the locator, shadow the store's
-            # table on this cursor (its temporary schema is searched first).
-            sql = locator.subjects_records_sql(
-                cur, _store_records(cur), [sid] if isinstance(sid, int) else sid
-            )
-            if sql is not None:
-                cur.execute(f"CREATE TEMP TABLE records AS {sql}")
+        # A few subjects: their records only, found through the locator, shadow the store's
+        # table on this cursor (its temporary schema is searched first).
+        sql = locator.subjects_records_sql(
+            cur, _store_records(cur), [sid] if isinstance(sid, int) else sid
+        )
+        if sql is not None:
+            cur.execute(f"CREATE TEMP TABLE records AS {sql}")
         build_stages(cur, rb, at, known_at, sid)
         return cur
 

@@ -107,11 +107,12 @@ def _count_bounds(rule: Rule, at: dt.datetime | None) -> tuple[str, str]:
     if at is None or rule.valid_for is None:
         return "NULL::TIMESTAMP", "NULL::TIMESTAMP"
     start = count_from(rule.valid_for, at)
-    try:
-        assert start is not None
-        return sql_timestamp(start - _COUNT_MARGIN), sql_timestamp(start + _COUNT_MARGIN)
-    except (AssertionError, OverflowError, ValueError):
+    if start is None:
         return far_past, far_future  # every record tested exactly
+    try:
+        return sql_timestamp(start - _COUNT_MARGIN), sql_timestamp(start + _COUNT_MARGIN)
+    except OverflowError:
+        return far_past, far_future
 
 
 def rules_values_sql(rb: Rulebook, at: dt.datetime | None = None) -> str:
