@@ -54,8 +54,10 @@ from rich.console import Console
 from rich.table import Table
 
 from civiscore.engine.plan import stages
+from civiscore.ingest import run as ingest_run
 from civiscore.rulebook.model import Rulebook
 from civiscore.store import firsts, locator
+from civiscore.store.duckdb_store import DuckDBStore
 from civiscore.synth.city import DEFAULT_END, DEPARTMENT_FORMATS, write_city
 from civiscore.timeutil import now_local, sql_timestamp
 from civiscore.workspace import Workspace
@@ -215,7 +217,11 @@ class FileIngest:
     seconds: float
     baseline_seconds: float = 0.0
     baseline_rows: int = 0
-    # Within ``seconds``: extending the subject locator and folding the first records.
+    # Within ``seconds``: checking the staged file, storing it (both timed around the locator
+    # and the fold, which run inside the store's write), extending the subject locator and
+    # folding the first records. What is left is reading and staging the file.
+    check_seconds: float = 0.0
+    write_seconds: float = 0.0
     locator_seconds: float = 0.0
     first_records_seconds: float = 0.0
 
@@ -242,9 +248,14 @@ def timing(module: Any, name: str, into: list[float]) -> Iterator[None]:
 def ingest(ws: Workspace, departments: dict[str, Path]) -> list[FileIngest]:
     out = []
     for dep, path in sorted(departments.items()):
-        located, folded = [0.0], [0.0]
+        located, folded, checked, written = [0.0], [0.0], [0.0], [0.0]
         start = time.perf_counter()
-        with timing(locator, "index_new", located), timing(firsts, "fold_new", folded):
+        with (
+            timing(locator, "index_new", located),
+            timing(firsts, "fold_new", folded),
+            timing(ingest_run, "check_stage", checked),
+            timing(DuckDBStore, "write_checked", written),
+        ):
             summary = ws.ingest(dep, path)
         seconds = time.perf_counter() - start
         out.append(
@@ -256,13 +267,16 @@ def ingest(ws: Workspace, departments: dict[str, Path]) -> list[FileIngest]:
                 summary.accepted,
                 summary.rejected,
                 seconds,
+                check_seconds=checked[0],
+                write_seconds=written[0],
                 locator_seconds=located[0],
                 first_records_seconds=folded[0],
             )
         )
         console.print(
             f"  ingest {dep:<14} {summary.rows:>11,} rows {seconds:8.2f} s "
-            f"({summary.rows / seconds:,.0f} rows/s; locator {located[0]:.2f} s, "
+            f"({summary.rows / seconds:,.0f} rows/s; check {checked[0]:.2f} s, "
+            f"write {written[0]:.2f} s, locator {located[0]:.2f} s, "
             f"first records {folded[0]:.2f} s)"
         )
     return out
@@ -531,6 +545,11 @@ def report(res: Results) -> None:
             f"{res.load_average['before score']} / {res.load_average['after score']}",
         ),
         ("ingest total (civiscore)", f"{res.ingest_seconds:.1f} s"),
+        (
+            "  of which: check / write (with locator and first records)",
+            f"{sum(f.check_seconds for f in res.ingest):.1f} s / "
+            f"{sum(f.write_seconds for f in res.ingest):.1f} s",
+        ),
         (
             "  of which: subject locator / first records",
             f"{sum(f.locator_seconds for f in res.ingest):.1f} s / "

@@ -26,7 +26,7 @@ from civiscore.engine.incremental import (
 from civiscore.engine.plan import stages
 from civiscore.rulebook.load import refuse_simulation_only
 from civiscore.rulebook.model import Rulebook
-from civiscore.store import firsts, locator, snapshots
+from civiscore.store import firsts, locator, snapshots, withdrawals
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
 from civiscore.timeutil import now_local
@@ -53,9 +53,10 @@ def build_stages(
     sid: int | Sequence[int] | None,
     carried: str | None = None,
     population: str | None = None,
+    withdrawals: tuple[str, str] | None = None,
 ) -> None:
     """Create every stage of the plan as a temporary table (or view) on ``cur``."""
-    for stage in stages(rb, at, known_at, sid, carried, population):
+    for stage in stages(rb, at, known_at, sid, carried, population, withdrawals):
         kind = "VIEW" if stage.view else "TABLE"
         cur.execute(f"CREATE OR REPLACE TEMP {kind} {stage.name} AS {stage.sql}")
 
@@ -95,8 +96,10 @@ class DuckDBEngine:
         cur = self.store.con.cursor()
         if sid is None:
             # Everyone: the population from each subject's first records, not every record.
-            population = firsts.population_sql(cur, _store_records(cur), at, known_at)
-            build_stages(cur, rb, at, known_at, None, population=population)
+            records = _store_records(cur)
+            population = firsts.population_sql(cur, records, at, known_at)
+            retracted = withdrawals.plan_tables(cur, records)
+            build_stages(cur, rb, at, known_at, None, population=population, withdrawals=retracted)
             return cur
         # A few subjects: their records only, found through the locator, shadow the store's
         # table on this cursor (its temporary schema is searched first).
@@ -120,8 +123,10 @@ class DuckDBEngine:
         refuse_simulation_only(rb, "scoring into a snapshot")
         ensure_lineage(self.store.con)
         # Records stored some other way, or whose fold was cut short, are read as the tail
-        # anyway; folding them first keeps that tail short (a no-op when nothing is new).
+        # anyway; folding them first keeps that tail short (a no-op when nothing is new). The
+        # withdrawals tables are only read when they cover every record.
         firsts.fold_new(self.store.con)
+        withdrawals.fold_new(self.store.con)
         seen = records_seen(self.store.con)  # before the plan reads the records
         cur = self.evaluate(rb, at, known_at)
         try:

@@ -13,7 +13,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from civiscore.store import firsts, locator, snapshots
+from civiscore.store import firsts, locator, snapshots, withdrawals
 from civiscore.store.base import BatchResult, Snapshot, StoredRulebook
 
 SCHEMA_VERSION = "1"
@@ -129,6 +129,7 @@ class DuckDBStore:
         con.execute(_SCHEMA)
         locator.ensure(con)
         firsts.ensure(con)
+        withdrawals.ensure(con)
         snapshots.ensure(con)
         con.execute(
             "INSERT INTO meta SELECT 'schema_version', ? WHERE NOT EXISTS "
@@ -148,6 +149,7 @@ class DuckDBStore:
         if not read_only:
             locator.ensure(con)
             firsts.ensure(con)
+            withdrawals.ensure(con)
             snapshots.ensure(con)
         return cls(con, path)
 
@@ -157,6 +159,7 @@ class DuckDBStore:
         con.execute(_SCHEMA)
         locator.ensure(con)
         firsts.ensure(con)
+        withdrawals.ensure(con)
         snapshots.ensure(con)
         return cls(con, None)
 
@@ -363,6 +366,7 @@ class DuckDBStore:
                 con.execute(f"DROP TABLE IF EXISTS {name}")
         locator.index_new(con)
         firsts.fold_new(con)
+        withdrawals.fold_new(con)
         assert inserted is not None and duplicates is not None
         return BatchResult(int(inserted[0]), int(duplicates[0]), conflicts, sids)
 
@@ -389,6 +393,7 @@ class DuckDBStore:
         )
         locator.index_new(self.con)
         firsts.fold_new(self.con)
+        withdrawals.fold_new(self.con)
         return int(row[0])
 
     # -- subjects ----------------------------------------------------------------------------

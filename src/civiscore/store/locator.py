@@ -56,7 +56,11 @@ def index_new(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def subjects_records_sql(
-    con: duckdb.DuckDBPyConnection, records: str, sids: Sequence[int] | str
+    con: duckdb.DuckDBPyConnection,
+    records: str,
+    sids: Sequence[int] | str,
+    *,
+    with_rowid: bool = False,
 ) -> str | None:
     """A SELECT of every record of ``sids`` through the locator.
 
@@ -65,7 +69,8 @@ def subjects_records_sql(
 
     ``records`` is the qualified name of the store's table (the caller may shadow ``records``
     with a temporary table made from this query). ``sids`` is a list of subjects or the name
-    of a one-column relation of them.
+    of a one-column relation of them. ``with_rowid`` adds each record's ``rowid`` as a first
+    column, ``row_id``.
     """
     upto = covered(con)
     if upto is None:
@@ -80,16 +85,20 @@ def subjects_records_sql(
     count = int(con.execute(f"SELECT count(*) FROM ({found})").fetchall()[0][0])
     if count > _MAX_LOCATED:
         return None
-    tail = f"SELECT * FROM {records} WHERE rowid >= {upto} AND sid IN ({wanted})"
+    columns = "rowid AS row_id, *" if with_rowid else "*"
+    tail = f"SELECT {columns} FROM {records} WHERE rowid >= {upto} AND sid IN ({wanted})"
     if count == 0:
         return tail
     if count <= _LITERAL_ROWS:
         # Constant rowids: DuckDB checks each against the row groups' rowid ranges and reads
         # only the groups that hold them, however large the table.
         rowids = ", ".join(str(int(r[0])) for r in con.execute(found).fetchall())
-        located = f"SELECT * FROM {records} WHERE rowid IN ({rowids})"
+        located = f"SELECT {columns} FROM {records} WHERE rowid IN ({rowids})"
     else:
         # A join pushes only the range of the wanted rowids into the scan: cheaper to bind than
         # a long constant list, but it reads every row group between them.
-        located = f"SELECT r.* FROM {records} r JOIN ({found}) l ON r.rowid = l.row_id"
+        located = (
+            f"SELECT {'r.rowid AS row_id, ' if with_rowid else ''}r.* "
+            f"FROM {records} r JOIN ({found}) l ON r.rowid = l.row_id"
+        )
     return f"{located}\nUNION ALL\n{tail}"

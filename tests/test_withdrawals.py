@@ -1,0 +1,144 @@
+"""Records withdrawn by a retraction, read from the store's tables instead of matched by id."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import duckdb
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from civiscore.engine.plan import stages
+from civiscore.rulebook.load import demo_rulebook_path, load
+from civiscore.store import withdrawals
+from civiscore.store.duckdb_store import DuckDBStore
+
+DAY = dt.timedelta(days=1)
+START = dt.datetime(2025, 1, 1)
+RULEBOOK = load(demo_rulebook_path())
+
+# A record: (department, id, subject, retracts: None or an id, received day). Ids come from a
+# small pool, so retractions name stored records, records stored later, or nothing at all.
+_ids = st.sampled_from(["A", "B", "C", "D"])
+_record = st.tuples(
+    st.sampled_from(["tax", "courts"]),
+    _ids,
+    st.integers(1, 2),
+    st.none() | _ids,
+    st.integers(0, 5),
+)
+# Records stored in a few transactions, each folded afterwards or not.
+_stores = st.lists(
+    st.tuples(st.lists(_record, min_size=1, max_size=6), st.booleans()), min_size=1, max_size=4
+)
+
+_Record = tuple[str, str, int, str | None, int]
+
+
+def _store(store: DuckDBStore, rows: list[_Record], batch: int) -> None:
+    store.con.executemany(
+        "INSERT INTO records VALUES (?, ?, ?, 'tax.late_filing', ?, NULL, NULL, ?, ?, ?)",
+        [
+            # A retraction's own id differs from every other record's in the store.
+            (
+                dep,
+                f"{rid}-{batch}-{i}" if retracts else rid,
+                sid,
+                START,
+                retracts,
+                START + day * DAY,
+                batch,
+            )
+            for i, (dep, rid, sid, retracts, day) in enumerate(rows)
+        ],
+    )
+
+
+def _stage_rows(
+    con: duckdb.DuckDBPyConnection, known_at: dt.datetime, tables: tuple[str, str] | None
+) -> tuple[list[tuple[object, ...]], list[tuple[object, ...]]]:
+    """The plan's ``withdrawn`` and ``live`` rows at known_at, for everyone."""
+    cur = con.cursor()
+    try:
+        plan = stages(RULEBOOK, START + 10 * DAY, known_at, None, withdrawals=tables)
+        for stage in plan[:2]:
+            kind = "VIEW" if stage.view else "TABLE"
+            cur.execute(f"CREATE TEMP {kind} {stage.name} AS {stage.sql}")
+        return (
+            sorted(cur.execute("SELECT * FROM withdrawn").fetchall()),
+            sorted(cur.execute("SELECT * FROM live").fetchall()),
+        )
+    finally:
+        cur.close()
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(stores=_stores, known_at=st.integers(-1, 6))
+# A record retracted twice, the later retraction stored first: the earlier one must win.
+@example(
+    stores=[
+        ([("tax", "A", 1, None, 0), ("tax", "X", 1, "A", 4)], True),
+        ([("tax", "Y", 1, "A", 2)], True),
+    ],
+    known_at=3,
+)
+# A retraction stored before the record it names.
+@example(stores=[([("tax", "X", 1, "A", 1)], True), ([("tax", "A", 1, None, 0)], True)], known_at=2)
+def test_the_tables_withdraw_exactly_what_matching_ids_withdraws(
+    stores: list[tuple[list[_Record], bool]], known_at: int
+) -> None:
+    """Folded in any steps, the tables give the plan the same withdrawn and live rows."""
+    store = DuckDBStore.memory()
+    try:
+        for batch, (rows, fold) in enumerate(stores):
+            _store(store, rows, batch)
+            if fold:
+                withdrawals.fold_new(store.con)
+        withdrawals.fold_new(store.con)
+        tables = withdrawals.plan_tables(store.con, "records")
+        assert tables is not None
+        K = START + known_at * DAY
+        assert _stage_rows(store.con, K, tables) == _stage_rows(store.con, K, None)
+    finally:
+        store.close()
+
+
+def test_the_tables_are_offered_only_when_they_cover_every_record() -> None:
+    store = DuckDBStore.memory()
+    try:
+        _store(store, [("tax", "A", 1, None, 0)], 0)
+        assert withdrawals.plan_tables(store.con, "records") is None
+        withdrawals.fold_new(store.con)
+        assert withdrawals.plan_tables(store.con, "records") == (
+            withdrawals.TABLE,
+            withdrawals.ROWS,
+        )
+        # A retraction stored without a fold may withdraw any older record: not covered.
+        _store(store, [("tax", "X", 1, "A", 1)], 1)
+        assert withdrawals.plan_tables(store.con, "records") is None
+        store.con.execute(f"DROP TABLE {withdrawals.TABLE}")
+        assert withdrawals.plan_tables(store.con, "records") is None
+        withdrawals.fold_new(store.con)  # nothing to fold into, and no error
+    finally:
+        store.close()
+
+
+def test_a_withdrawal_through_the_store_is_folded_at_once(tmp_path: object) -> None:
+    """An overturned appeal (``withdraw``) reaches the tables in the same call."""
+    store = DuckDBStore.memory()
+    try:
+        _store(store, [("courts", "J1", 1, None, 0)], 0)
+        withdrawals.fold_new(store.con)
+        assert store.withdraw("courts", "J1", "J1-appeal", START + DAY) == 1
+        assert withdrawals.plan_tables(store.con, "records") is not None
+        rows = store.con.execute(
+            f"SELECT department, record_id, sid, by_record FROM {withdrawals.TABLE}"
+        ).fetchall()
+        assert rows == [("courts", "J1", 1, "J1-appeal")]
+        assert store.con.execute(f"SELECT count(*) FROM {withdrawals.ROWS}").fetchall() == [(1,)]
+    finally:
+        store.close()
