@@ -56,7 +56,7 @@ from rich.table import Table
 from civiscore.engine.plan import stages
 from civiscore.ingest import run as ingest_run
 from civiscore.rulebook.model import Rulebook
-from civiscore.store import firsts, locator
+from civiscore.store import firsts, locator, withdrawals
 from civiscore.store.duckdb_store import DuckDBStore
 from civiscore.synth.city import DEFAULT_END, DEPARTMENT_FORMATS, write_city
 from civiscore.timeutil import now_local, sql_timestamp
@@ -224,6 +224,7 @@ class FileIngest:
     write_seconds: float = 0.0
     locator_seconds: float = 0.0
     first_records_seconds: float = 0.0
+    withdrawals_seconds: float = 0.0
 
 
 @contextlib.contextmanager
@@ -248,11 +249,12 @@ def timing(module: Any, name: str, into: list[float]) -> Iterator[None]:
 def ingest(ws: Workspace, departments: dict[str, Path]) -> list[FileIngest]:
     out = []
     for dep, path in sorted(departments.items()):
-        located, folded, checked, written = [0.0], [0.0], [0.0], [0.0]
+        located, folded, checked, written, retracted = [0.0], [0.0], [0.0], [0.0], [0.0]
         start = time.perf_counter()
         with (
             timing(locator, "index_new", located),
             timing(firsts, "fold_new", folded),
+            timing(withdrawals, "fold_new", retracted),
             timing(ingest_run, "check_stage", checked),
             timing(DuckDBStore, "write_checked", written),
         ):
@@ -271,13 +273,14 @@ def ingest(ws: Workspace, departments: dict[str, Path]) -> list[FileIngest]:
                 write_seconds=written[0],
                 locator_seconds=located[0],
                 first_records_seconds=folded[0],
+                withdrawals_seconds=retracted[0],
             )
         )
         console.print(
             f"  ingest {dep:<14} {summary.rows:>11,} rows {seconds:8.2f} s "
             f"({summary.rows / seconds:,.0f} rows/s; check {checked[0]:.2f} s, "
             f"write {written[0]:.2f} s, locator {located[0]:.2f} s, "
-            f"first records {folded[0]:.2f} s)"
+            f"first records {folded[0]:.2f} s, withdrawals {retracted[0]:.2f} s)"
         )
     return out
 
@@ -367,13 +370,16 @@ def stage_breakdown(
 ) -> list[StageTime]:
     """Each stage of the plan as its own temp table on one cursor, timed.
 
-    The population comes from each subject's first records, as ``DuckDBEngine.score`` takes it.
+    The population comes from each subject's first records and the withdrawn records from the
+    store's withdrawals tables, as ``DuckDBEngine.score`` takes them.
     """
     cur = ws.store.con.cursor()
     out = []
     try:
         population = firsts.population_sql(cur, "records", at, known_at)
-        for stage in stages(rb, at, known_at, None, population=population):
+        retracted = withdrawals.plan_tables(cur, "records")
+        plan = stages(rb, at, known_at, None, population=population, withdrawals=retracted)
+        for stage in plan:
             start = time.perf_counter()
             cur.execute(f"CREATE OR REPLACE TEMP TABLE {stage.name} AS {stage.sql}")
             seconds = time.perf_counter() - start
@@ -546,14 +552,15 @@ def report(res: Results) -> None:
         ),
         ("ingest total (civiscore)", f"{res.ingest_seconds:.1f} s"),
         (
-            "  of which: check / write (with locator and first records)",
+            "  of which: check / write (with the three folds below)",
             f"{sum(f.check_seconds for f in res.ingest):.1f} s / "
             f"{sum(f.write_seconds for f in res.ingest):.1f} s",
         ),
         (
-            "  of which: subject locator / first records",
+            "  of which: subject locator / first records / withdrawals",
             f"{sum(f.locator_seconds for f in res.ingest):.1f} s / "
-            f"{sum(f.first_records_seconds for f in res.ingest):.1f} s",
+            f"{sum(f.first_records_seconds for f in res.ingest):.1f} s / "
+            f"{sum(f.withdrawals_seconds for f in res.ingest):.1f} s",
         ),
         ("ingest total (plain DuckDB)", f"{res.baseline_seconds:.1f} s"),
         ("ingest / baseline", f"{res.ingest_ratio:.1f}x"),
