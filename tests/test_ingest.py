@@ -355,3 +355,33 @@ def test_read_ahead_stops_its_reader_when_the_consumer_stops() -> None:
 
     with pytest.raises(FileError, match="broken file"):
         list(read_ahead(failing()))
+
+
+@pytest.mark.parametrize(
+    ("text", "stored"),
+    [
+        ("2024-02-29", dt.datetime(2024, 2, 29)),
+        ("2024-03-05T14:22", dt.datetime(2024, 3, 5, 14, 22)),
+        ("2024-03-05 14:22:09", dt.datetime(2024, 3, 5, 14, 22, 9)),
+        ("2024-03-05T14:22:09.123456", dt.datetime(2024, 3, 5, 14, 22, 9, 123456)),
+        ("2024-03-05T06:22:09Z", dt.datetime(2024, 3, 5, 14, 22, 9)),
+        ("2024-03-05T14:22:09+08:00", dt.datetime(2024, 3, 5, 14, 22, 9)),
+        ("2023-02-29", None),  # no such day
+        ("2024-3-5", None),  # ISO 8601 writes two digits
+        ("2024-03-05T14", None),
+        ("2024-03-05T14:22:09.1234567", None),  # more than microseconds, without an offset
+        ("20240305", None),
+    ],
+)
+def test_occurred_at_is_read_as_iso_8601_in_shanghai_time(
+    ws: Workspace, tmp_path: Path, text: str, stored: dt.datetime | None
+) -> None:
+    """Dates, local date-times and offsets as the rejects' reason says; anything else rejected."""
+    path = write_csv(tmp_path / "t.csv", [_good(1, occurred_at=text)])
+    summary = ws.ingest("transport", path, received_at=RECEIVED)
+    got = ws.store.con.execute("SELECT occurred_at FROM records").fetchall()
+    if stored is None:
+        assert summary.rejected == 1 and got == []
+        assert "ISO 8601" in _rejects(summary.rejects_file)[0]["reason"]
+    else:
+        assert summary.accepted == 1 and got == [(stored,)]
