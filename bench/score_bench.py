@@ -224,7 +224,6 @@ class FileIngest:
     write_seconds: float = 0.0
     locator_seconds: float = 0.0
     first_records_seconds: float = 0.0
-    withdrawals_seconds: float = 0.0
 
 
 @contextlib.contextmanager
@@ -249,12 +248,11 @@ def timing(module: Any, name: str, into: list[float]) -> Iterator[None]:
 def ingest(ws: Workspace, departments: dict[str, Path]) -> list[FileIngest]:
     out = []
     for dep, path in sorted(departments.items()):
-        located, folded, checked, written, retracted = [0.0], [0.0], [0.0], [0.0], [0.0]
+        located, folded, checked, written = [0.0], [0.0], [0.0], [0.0]
         start = time.perf_counter()
         with (
             timing(locator, "index_new", located),
             timing(firsts, "fold_new", folded),
-            timing(withdrawals, "fold_new", retracted),
             timing(ingest_run, "check_stage", checked),
             timing(DuckDBStore, "write_checked", written),
         ):
@@ -273,14 +271,13 @@ def ingest(ws: Workspace, departments: dict[str, Path]) -> list[FileIngest]:
                 write_seconds=written[0],
                 locator_seconds=located[0],
                 first_records_seconds=folded[0],
-                withdrawals_seconds=retracted[0],
             )
         )
         console.print(
             f"  ingest {dep:<14} {summary.rows:>11,} rows {seconds:8.2f} s "
             f"({summary.rows / seconds:,.0f} rows/s; check {checked[0]:.2f} s, "
             f"write {written[0]:.2f} s, locator {located[0]:.2f} s, "
-            f"first records {folded[0]:.2f} s, withdrawals {retracted[0]:.2f} s)"
+            f"first records {folded[0]:.2f} s)"
         )
     return out
 
@@ -429,6 +426,9 @@ class Results:
     subjects: int
     ingest: list[FileIngest]
     ingest_seconds: float
+    # Folding the stored records into the withdrawals tables, which the first full score after
+    # an ingest does (timed apart, before the score runs).
+    withdrawals_fold_seconds: float
     baseline_seconds: float
     score_seconds: float
     score_runs: list[float]
@@ -552,15 +552,18 @@ def report(res: Results) -> None:
         ),
         ("ingest total (civiscore)", f"{res.ingest_seconds:.1f} s"),
         (
-            "  of which: check / write (with the three folds below)",
+            "  of which: check / write (with the two folds below)",
             f"{sum(f.check_seconds for f in res.ingest):.1f} s / "
             f"{sum(f.write_seconds for f in res.ingest):.1f} s",
         ),
         (
-            "  of which: subject locator / first records / withdrawals",
+            "  of which: subject locator / first records",
             f"{sum(f.locator_seconds for f in res.ingest):.1f} s / "
-            f"{sum(f.first_records_seconds for f in res.ingest):.1f} s / "
-            f"{sum(f.withdrawals_seconds for f in res.ingest):.1f} s",
+            f"{sum(f.first_records_seconds for f in res.ingest):.1f} s",
+        ),
+        (
+            "withdrawals folded before the first score",
+            f"{res.withdrawals_fold_seconds:.1f} s",
         ),
         ("ingest total (plain DuckDB)", f"{res.baseline_seconds:.1f} s"),
         ("ingest / baseline", f"{res.ingest_ratio:.1f}x"),
@@ -656,6 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         known_at = now_local()
         rb = ws.rulebook_at(at)
         console.print(f"{records:,} records; scoring at {at} known at {known_at}")
+        # A full score folds the records stored since into the withdrawals tables first; done
+        # here so that the time is reported rather than hidden in the first score run.
+        start = time.perf_counter()
+        withdrawals.fold_new(con)
+        withdrawals_fold = time.perf_counter() - start
+        console.print(f"withdrawals folded in {withdrawals_fold:.2f} s")
 
         phase("full score: Workspace.score")
         evaluate_runs: list[float] = []
@@ -709,6 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         subjects=snap.subjects,
         ingest=files,
         ingest_seconds=sum(f.seconds for f in files),
+        withdrawals_fold_seconds=withdrawals_fold,
         baseline_seconds=sum(f.baseline_seconds for f in files),
         score_seconds=score_best,
         score_runs=[round(x, 3) for x in score_runs],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import duckdb
 from hypothesis import HealthCheck, example, given, settings
@@ -12,6 +13,7 @@ from civiscore.engine.plan import stages
 from civiscore.rulebook.load import demo_rulebook_path, load
 from civiscore.store import withdrawals
 from civiscore.store.duckdb_store import DuckDBStore
+from civiscore.workspace import Workspace
 
 DAY = dt.timedelta(days=1)
 START = dt.datetime(2025, 1, 1)
@@ -127,13 +129,16 @@ def test_the_tables_are_offered_only_when_they_cover_every_record() -> None:
         store.close()
 
 
-def test_a_withdrawal_through_the_store_is_folded_at_once(tmp_path: object) -> None:
-    """An overturned appeal (``withdraw``) reaches the tables in the same call."""
-    store = DuckDBStore.memory()
+def test_a_full_score_folds_what_was_stored_since(tmp_path: Path) -> None:
+    """Storing records leaves the tables behind (a submission does not wait for them); the
+    next full score folds them first and reads them."""
+    ws, _ = Workspace.init(tmp_path / "home")
     try:
+        store = ws.store
         _store(store, [("courts", "J1", 1, None, 0)], 0)
-        withdrawals.fold_new(store.con)
         assert store.withdraw("courts", "J1", "J1-appeal", START + DAY) == 1
+        assert withdrawals.plan_tables(store.con, "records") is None
+        ws.score(START + 10 * DAY, START + 10 * DAY)
         assert withdrawals.plan_tables(store.con, "records") is not None
         rows = store.con.execute(
             f"SELECT department, record_id, sid, by_record FROM {withdrawals.TABLE}"
@@ -141,4 +146,4 @@ def test_a_withdrawal_through_the_store_is_folded_at_once(tmp_path: object) -> N
         assert rows == [("courts", "J1", 1, "J1-appeal")]
         assert store.con.execute(f"SELECT count(*) FROM {withdrawals.ROWS}").fetchall() == [(1,)]
     finally:
-        store.close()
+        ws.close()

@@ -366,7 +366,6 @@ class DuckDBStore:
                 con.execute(f"DROP TABLE IF EXISTS {name}")
         locator.index_new(con)
         firsts.fold_new(con)
-        withdrawals.fold_new(con)
         assert inserted is not None and duplicates is not None
         return BatchResult(int(inserted[0]), int(duplicates[0]), conflicts, sids)
 
@@ -393,7 +392,6 @@ class DuckDBStore:
         )
         locator.index_new(self.con)
         firsts.fold_new(self.con)
-        withdrawals.fold_new(self.con)
         return int(row[0])
 
     # -- subjects ----------------------------------------------------------------------------
