@@ -93,6 +93,17 @@ def test_located_records_are_exactly_the_subjects_records(
             assert not few and located > 0
         else:
             assert _rows(store, sql) == expected
+            # Asked for, each record's rowid comes first, whichever way it was found.
+            with_rowid = locator.subjects_records_sql(store.con, "records", wanted, with_rowid=True)
+            assert with_rowid is not None
+            assert sorted(
+                store.con.execute(f"SELECT row_id, record_id FROM ({with_rowid})").fetchall()
+            ) == sorted(
+                store.con.execute(
+                    f"SELECT rowid, record_id FROM records WHERE sid IN "
+                    f"({', '.join(map(str, wanted)) or 'NULL'})"
+                ).fetchall()
+            )
     finally:
         store.close()
 
