@@ -53,10 +53,10 @@ def build_stages(
     sid: int | Sequence[int] | None,
     carried: str | None = None,
     population: str | None = None,
-    withdrawals: tuple[str, str] | None = None,
+    retracted: tuple[str, str] | None = None,
 ) -> None:
     """Create every stage of the plan as a temporary table (or view) on ``cur``."""
-    for stage in stages(rb, at, known_at, sid, carried, population, withdrawals):
+    for stage in stages(rb, at, known_at, sid, carried, population, retracted):
         kind = "VIEW" if stage.view else "TABLE"
         cur.execute(f"CREATE OR REPLACE TEMP {kind} {stage.name} AS {stage.sql}")
 
@@ -99,7 +99,7 @@ class DuckDBEngine:
             records = _store_records(cur)
             population = firsts.population_sql(cur, records, at, known_at)
             retracted = withdrawals.plan_tables(cur, records)
-            build_stages(cur, rb, at, known_at, None, population=population, withdrawals=retracted)
+            build_stages(cur, rb, at, known_at, None, population=population, retracted=retracted)
             return cur
         # A few subjects: their records only, found through the locator, shadow the store's
         # table on this cursor (its temporary schema is searched first).

@@ -238,12 +238,7 @@ def stages(
         "\n                   OR (l.occurred_at >= rv.count_maybe AND l.occurred_at"
         f" + to_months(rv.valid_m) + to_days(rv.valid_d) > {T}))"
     )
-    withdrawn = f"""SELECT department, retracts AS record_id, sid,
-                   arg_min(record_id, {{'at': received_at, 'id': record_id}}) AS by_record,
-                   min(received_at) AS known_since
-            FROM records
-            WHERE retracts IS NOT NULL AND received_at <= {K}{who}
-            GROUP BY department, retracts, sid"""
+    withdrawn = first_retractions_sql(f"received_at <= {K}{who}")
     # The records a retraction received by K names: matched on their ids, or (for everyone,
     # from the store's tables) by rowid, which spares reading two strings of every record.
     dropped = """LEFT JOIN withdrawn w ON w.sid = r.sid AND w.department = r.department
@@ -337,6 +332,20 @@ def stages(
         Stage("benefits", _benefits_sql(rb)),
     ]
     return out
+
+
+def first_retractions_sql(where: str) -> str:
+    """Per retracted (department, record_id, sid), its first retraction among the records
+    ``where`` selects: by receipt, then by id, so that every engine and run names the same one.
+
+    The ``withdrawn`` stage, and what :mod:`civiscore.store.withdrawals` folds.
+    """
+    return f"""SELECT department, retracts AS record_id, sid,
+                   arg_min(record_id, {{'at': received_at, 'id': record_id}}) AS by_record,
+                   min(received_at) AS known_since
+            FROM records
+            WHERE retracts IS NOT NULL AND {where}
+            GROUP BY department, retracts, sid"""
 
 
 def _recent_enough(rb: Rulebook, at: dt.datetime) -> str:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import duckdb
 
+from civiscore.engine.plan import first_retractions_sql
 from civiscore.store import locator, watermark
 
 TABLE = "withdrawals"
@@ -83,12 +84,8 @@ def fold_new(con: duckdb.DuckDBPyConnection) -> None:
 
     def fold(upto: int) -> None:
         con.execute(
-            f"""CREATE OR REPLACE TEMP TABLE withdrawals_new AS
-            SELECT department, retracts AS record_id, sid,
-                   arg_min(record_id, {{'at': received_at, 'id': record_id}}) AS by_record,
-                   min(received_at) AS known_since
-            FROM records WHERE rowid >= {int(upto)} AND retracts IS NOT NULL
-            GROUP BY department, retracts, sid"""
+            "CREATE OR REPLACE TEMP TABLE withdrawals_new AS "
+            + first_retractions_sql(f"rowid >= {int(upto)}")
         )
         if con.execute("SELECT count(*) FROM withdrawals_new").fetchall()[0][0]:
             _merge(con, upto)
