@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from civiscore.cli import app
-from civiscore.engine import duckdb_engine, incremental
+from civiscore.engine import duckdb_engine, incremental, tallies
 from civiscore.engine.incremental import LINEAGE, SNAPSHOT_TABLES
 from civiscore.ids import pseudonym, subject_type
 from civiscore.rulebook import registry
@@ -223,6 +223,10 @@ def test_incremental_snapshot_equals_full_score(
     # The affected subjects' records found through the locator (every record of theirs), or by
     # scans of the records that can still matter, as for more than a few thousand subjects.
     locate_at_most = draw(st.sampled_from([duckdb_engine._LOCATE_AT_MOST, 0]))
+    # By tallies of the changed records (whenever the base allows), or by the plan over the
+    # affected subjects' records.
+    tally = draw(st.booleans())
+    refuse = None if tally else (lambda *args: "asked not to")
     ws = _fresh(tmp_path_factory)
     try:
         _load(ws, [r for r in rows if r["bucket"] == 0], RECEIVED[0])
@@ -244,9 +248,15 @@ def test_incremental_snapshot_equals_full_score(
                 patch.object(snapshots, "MAX_DEPTH", depth),
                 patch.object(snapshots, "CONSOLIDATE_SHARE", share),
                 patch.object(duckdb_engine, "_LOCATE_AT_MOST", locate_at_most),
+                patch.object(tallies, "why_not", refuse or tallies.why_not),
             ):
                 update = ws.engine.update(rb, previous, t, k, full_share=None)
             assert update.full_reason is None
+            if tally:
+                # Only records stored after the base but received by its K stop tallies.
+                assert update.method == "tallies" or "stored after" in str(update.records_reason)
+            else:
+                assert update.method == "records"
             assert update.base_snapshot_id == previous.snapshot_id
             full = ws.engine.score(rb, t, k)
             assert_same_snapshot(con, update.snapshot, full)

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import duckdb
 import pyarrow as pa
 
+from civiscore.engine import tallies
 from civiscore.engine.incremental import (
     FULL_SCORE_SHARE,
     SNAPSHOT_TABLES,
@@ -35,12 +36,14 @@ from civiscore.timeutil import now_local
 _FRESH: dict[str, str] = {
     "snapshot_scores": "SELECT $id AS snapshot_id, sid, score, band, band <> raw_band FROM scores",
     # For many subjects ``points`` already holds one total per subject and context.
-    "snapshot_contexts": "SELECT $id AS snapshot_id, sid, context, points FROM points",
+    "snapshot_contexts": "SELECT $id AS snapshot_id, sid, context, points, records FROM points",
     "snapshot_listings": """SELECT $id AS snapshot_id, sid, listing, list, since, until,
                    record_id, department, reference
             FROM (SELECT * FROM decision_listings WHERE list = 'blacklist'
                   UNION ALL SELECT * FROM conduct_listings WHERE list = 'blacklist'
                   UNION ALL SELECT * FROM benefits)""",
+    "snapshot_caps": """SELECT $id AS snapshot_id, sid, rule_id, cap_year, total, records
+            FROM caps""",
 }
 assert set(_FRESH) == set(SNAPSHOT_TABLES)
 
@@ -149,9 +152,10 @@ class DuckDBEngine:
             rb: The rulebook it was scored under.
             at: T.
             known_at: K.
-            rows: For each of ``snapshot_scores``, ``snapshot_contexts`` and
-                ``snapshot_listings``, its rows without the snapshot number, columns in the
-                table's order (:data:`civiscore.engine.incremental.SNAPSHOT_TABLES`).
+            rows: For each of ``snapshot_scores``, ``snapshot_contexts``,
+                ``snapshot_listings`` and ``snapshot_caps``, its rows without the snapshot
+                number, columns in the table's order
+                (:data:`civiscore.engine.incremental.SNAPSHOT_TABLES`).
             seen: How many rows ``records`` had when the records were read
                 (:func:`civiscore.engine.incremental.records_seen`): an incremental score
                 can then bring this snapshot forward like one of this engine's.
@@ -197,19 +201,39 @@ class DuckDBEngine:
         reason = why_full(base, rb.version, at, known_at)
         if reason is None and base is not None:
             ensure_lineage(self.store.con)
+            # Tallies drop withdrawn records with the store's tables, which must cover every
+            # record counted.
+            withdrawals.fold_new(self.store.con)
+            clock.lap("fold withdrawals")
             cur = self.store.con.cursor()
             try:
                 seen = records_seen(cur)  # before anything reads the records
-                affected = _affected(cur, rb, base, at, known_at)
+                base_seen = lineage_records_seen(cur, base.snapshot_id)
+                base_chain = snapshots.chain(cur, base.snapshot_id)
+                not_tallies = tallies.why_not(cur, base, base_chain, base_seen, seen)
+                if not_tallies is None:
+                    assert base_seen is not None
+                    affected = tallies.find_changes(cur, rb, base, base_seen, seen, at, known_at)
+                else:
+                    affected = _affected(cur, rb, base, at, known_at)
                 clock.lap("affected subjects")
                 reason = too_many(affected, base, full_share)
                 if reason is None:
                     created = created_at or now_local()
-                    snapshot = _rescore(cur, rb, base, at, known_at, created, affected, seen, clock)
-                    return Update(snapshot, base.snapshot_id, affected, None)
+                    if not_tallies is None:
+                        assert base_seen is not None
+                        tallies.rescore(cur, rb, base, base_chain, base_seen, seen, at, known_at)
+                        clock.lap("tallies")
+                    else:
+                        _rescore(cur, rb, base, at, known_at, clock)
+                    snapshot = _write_update(
+                        cur, rb, base, base_chain, at, known_at, created, affected, seen, clock
+                    )
+                    how = "tallies" if not_tallies is None else "records"
+                    return Update(snapshot, base.snapshot_id, affected, None, how, not_tallies)
             finally:
                 cur.close()
-        return Update(self.score(rb, at, known_at, created_at), None, None, reason)
+        return Update(self.score(rb, at, known_at, created_at), None, None, reason, "full", None)
 
 
 def _affected(
@@ -233,21 +257,17 @@ def _rescore(
     base: Snapshot,
     at: dt.datetime,
     known_at: dt.datetime,
-    created: dt.datetime,
-    affected: int,
-    seen: int,
     clock: _Stopwatch,
-) -> Snapshot:
-    """Run the plan for the subjects in ``affected`` and write the new snapshot.
-
-    ``seen`` is how many rows ``records`` had before anything was read, for the lineage.
-    """
+) -> None:
+    """Run the plan for the subjects in ``affected`` over all of their records that can still
+    matter: the stages the new snapshot is written from, and ``carried``."""
     # The plan reads the table ``records``; on this cursor a temporary table of that name (the
     # temporary schema is searched first) holds only the affected subjects' records, found
     # through the locator. The population plan over it is the plan for that set of subjects
     # (``stages(..., sid=[...])``) without an SQL IN list of every sid, which DuckDB binds
     # slowly when it is long (see "Incremental scoring" in docs/benchmarks.md).
     store_records = _store_records(cur)
+    affected = int(cur.execute("SELECT count(*) FROM affected").fetchall()[0][0])
     located = (
         locator.subjects_records_sql(cur, store_records, "affected")
         if affected <= _LOCATE_AT_MOST
@@ -275,6 +295,24 @@ def _rescore(
     clock.lap("carried population")
     build_stages(cur, rb, at, known_at, None, carried="carried")
     clock.lap("plan stages")
+
+
+def _write_update(
+    cur: duckdb.DuckDBPyConnection,
+    rb: Rulebook,
+    base: Snapshot,
+    base_chain: Sequence[int],
+    at: dt.datetime,
+    known_at: dt.datetime,
+    created: dt.datetime,
+    affected: int,
+    seen: int,
+    clock: _Stopwatch,
+) -> Snapshot:
+    """Write the new snapshot from the stages on ``cur`` for the subjects in ``affected``.
+
+    ``seen`` is how many rows ``records`` had before anything was read, for the lineage.
+    """
     # Stored as a delta on the base (only the affected subjects' rows), unless the base's chain
     # is due to be consolidated: then every subject's rows, the others' copied from the base.
     link = snapshots.link_for(cur, base.snapshot_id, base.subjects, affected)

@@ -111,7 +111,8 @@ CREATE TABLE IF NOT EXISTS {LINEAGE} (
     snapshot_id BIGINT NOT NULL,
     base_snapshot_id BIGINT,
     affected_subjects BIGINT,
-    records_seen BIGINT NOT NULL
+    records_seen BIGINT NOT NULL,
+    tallied BOOLEAN
 )"""
 
 # Above this share of the base snapshot's subjects affected, a full score is as fast as an
@@ -130,12 +131,18 @@ class Update:
         base_snapshot_id: The snapshot it was brought forward from; None for a full score.
         affected_subjects: Subjects whose rows were recomputed; None for a full score.
         full_reason: Why the whole population was scored instead; None for an update.
+        method: ``"tallies"`` when the changed records were added and removed
+            (:mod:`civiscore.engine.tallies`), ``"records"`` when the plan was rerun over the
+            affected subjects' records, ``"full"`` for a full score.
+        records_reason: For ``"records"``, why tallies could not be used.
     """
 
     snapshot: Snapshot
     base_snapshot_id: int | None
     affected_subjects: int | None
     full_reason: str | None
+    method: str = "full"
+    records_reason: str | None = None
 
 
 def why_full(
@@ -276,8 +283,10 @@ def clocks(rb: Rulebook) -> list[tuple[str, Duration]]:
     return [(kind, d) for (kind, _, _), d in sorted(out.items(), key=lambda kv: kv[0])]
 
 
-def _clock_ends_sql(rb: Rulebook, T1: dt.datetime, T2: dt.datetime, K2: str) -> list[str]:
-    """One query per distinct duration: subjects with a record whose clock ends in (T1, T2]."""
+def _clock_ends_sql(
+    rb: Rulebook, T1: dt.datetime, T2: dt.datetime, K2: str, columns: str, bound: str
+) -> list[str]:
+    """One query per distinct duration: records whose clock ends in (T1, T2]."""
     by_duration: dict[tuple[int, int], list[str]] = {}
     for kind, d in clocks(rb):
         by_duration.setdefault((d.months, d.days), []).append(kind)
@@ -292,11 +301,46 @@ def _clock_ends_sql(rb: Rulebook, T1: dt.datetime, T2: dt.datetime, K2: str) -> 
         end = f"occurred_at + {interval(Duration(months=months, days=days, text=''))}"
         names = ", ".join("'" + k.replace("'", "''") + "'" for k in kinds)
         parts.append(
-            f"""SELECT sid FROM records
+            f"""SELECT {columns} FROM records
             WHERE occurred_at > {since} AND occurred_at <= {until} AND retracts IS NULL
-              AND kind IN ({names}) AND received_at <= {K2}
+              AND kind IN ({names}) AND received_at <= {K2}{bound}
               AND {end} > {sql_timestamp(T1)} AND {end} <= {sql_timestamp(T2)}"""
         )
+    return parts
+
+
+def changes_sql(
+    rb: Rulebook,
+    base: Snapshot,
+    records_seen: int | None,
+    at: dt.datetime,
+    known_at: dt.datetime,
+    columns: str = "sid",
+    upto: int | None = None,
+) -> list[str]:
+    """SELECTs of ``columns`` of the records behind cases (a)-(d): each subject with one is
+    affected, and no other record's contribution can differ between ``base`` and (at, known_at).
+
+    ``upto`` keeps only the records below that rowid (those an update has counted).
+    """
+    T1, T2 = sql_timestamp(base.at), sql_timestamp(at)
+    K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
+    bound = "" if upto is None else f" AND rowid < {int(upto)}"
+    parts = [
+        # (a) received since the base: new records, retractions, settlements.
+        f"SELECT {columns} FROM records WHERE received_at > {K1} AND received_at <= {K2}{bound}",
+        # (d) occurred since the base's T, though received earlier.
+        f"SELECT {columns} FROM records WHERE occurred_at > {T1} AND occurred_at <= {T2} "
+        f"AND received_at <= {K2}{bound}",
+    ]
+    if records_seen is not None:
+        # (a) stored after the base's plan read the table, whatever their received_at.
+        parts.append(
+            f"SELECT {columns} FROM records WHERE rowid >= {int(records_seen)} "
+            f"AND received_at <= {K2}{bound}"
+        )
+    # (b), (c) a validity window or a listing runs out.
+    parts += _clock_ends_sql(rb, base.at, at, K2, columns, bound)
     return parts
 
 
@@ -308,22 +352,7 @@ def affected_sql(
     known_at: dt.datetime,
 ) -> str:
     """The subjects whose rows may differ between ``base`` and (at, known_at): cases (a)-(d)."""
-    T1, T2 = sql_timestamp(base.at), sql_timestamp(at)
-    K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
-    parts = [
-        # (a) received since the base: new records, retractions, settlements.
-        f"SELECT sid FROM records WHERE received_at > {K1} AND received_at <= {K2}",
-        # (d) occurred since the base's T, though received earlier.
-        f"SELECT sid FROM records WHERE occurred_at > {T1} AND occurred_at <= {T2} "
-        f"AND received_at <= {K2}",
-    ]
-    if records_seen is not None:
-        # (a) stored after the base's plan read the table, whatever their received_at.
-        parts.append(
-            f"SELECT sid FROM records WHERE rowid >= {int(records_seen)} AND received_at <= {K2}"
-        )
-    # (b), (c) a validity window or a listing runs out.
-    parts += _clock_ends_sql(rb, base.at, at, K2)
+    parts = changes_sql(rb, base, records_seen, at, known_at)
     return "SELECT DISTINCT sid FROM (\n" + "\nUNION ALL\n".join(parts) + "\n) a"
 
 
@@ -376,8 +405,13 @@ def still_matters_sql(
 
 
 def ensure_lineage(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the lineage table if this store does not have it yet."""
+    """Create the lineage table if this store does not have it yet.
+
+    ``tallied`` says the snapshot stores the counts an update by tallies needs
+    (:mod:`civiscore.engine.tallies`); snapshots written before those existed have NULL.
+    """
     con.execute(_LINEAGE_DDL)
+    con.execute(f"ALTER TABLE {LINEAGE} ADD COLUMN IF NOT EXISTS tallied BOOLEAN")
 
 
 def records_seen(con: duckdb.DuckDBPyConnection) -> int:
@@ -401,7 +435,8 @@ def record_lineage(
     seen: int,
 ) -> None:
     con.execute(
-        f"INSERT INTO {LINEAGE} VALUES (?, ?, ?, ?)",
+        f"INSERT INTO {LINEAGE} (snapshot_id, base_snapshot_id, affected_subjects, records_seen, "
+        "tallied) VALUES (?, ?, ?, ?, true)",
         [snapshot_id, base_snapshot_id, affected, seen],
     )
 

@@ -154,14 +154,14 @@ def rules_values_sql(rb: Rulebook, at: dt.datetime | None = None) -> str:
 
 
 def rule_caps_sql(rb: Rulebook) -> str:
-    """One row per rule: its number in :func:`rules_values_sql`, context and yearly cap."""
+    """One row per rule: its number in :func:`rules_values_sql`, id, context and yearly cap."""
     rows = [
-        f"({no}, {_q(_context_of(rb, rule.kind))}, "
+        f"({no}, {_q(rule.id)}, {_q(_context_of(rb, rule.kind))}, "
         f"{_num(rule.cap.max_points if rule.cap else None)})"
         for no, rule in enumerate(rb.rules)
-    ] or ["(NULL, NULL, NULL)"]
+    ] or ["(NULL, NULL, NULL, NULL)"]
     return (
-        "(SELECT * FROM (VALUES " + ", ".join(rows) + ") AS rc(rule_no, context, cap) "
+        "(SELECT * FROM (VALUES " + ", ".join(rows) + ") AS rc(rule_no, rule_id, context, cap) "
         "WHERE rule_no IS NOT NULL)"
     )
 
@@ -268,29 +268,17 @@ def stages(
         ),
         Stage(
             "matched",
-            f"""SELECT l.department, l.record_id, l.sid, l.kind, l.occurred_at, rv.rule_no,
-                   rv.rule_id, rv.context, rv.cap,
-                   CAST(CASE WHEN rv.per_unit
-                        THEN rv.sign * least(abs(round(rv.value * l.quantity, 2)),
-                                             coalesce(rv.max_per_record, 1e15))
-                        ELSE rv.value END AS {POINTS}) AS raw_points,
-                   CASE WHEN rv.valid_m IS NULL THEN NULL
-                        ELSE l.occurred_at + to_months(rv.valid_m) + to_days(rv.valid_d)
-                   END AS counts_until
-            FROM live l JOIN {rules_values_sql(rb, None if one else at)} rv
-              ON l.kind = rv.kind AND l.occurred_at >= rv.v_from
-             AND (rv.v_until IS NULL OR l.occurred_at < rv.v_until)
-             AND (rv.q_lo IS NULL OR l.quantity >= rv.q_lo)
-             AND (rv.q_hi IS NULL OR l.quantity < rv.q_hi)
-            WHERE NOT (rv.per_unit AND l.quantity IS NULL){still_counting}""",
+            matched_sql(rb, "live", None if one else at, still_counting),
             # For one subject a table, read twice; otherwise only the totals below read it.
             view=not one,
         ),
-        _totals(rb)
-        if not one
-        else Stage(
-            "points",
-            f"""SELECT department, record_id, sid, kind, occurred_at, rule_id, context,
+        *(
+            _totals(rb)
+            if not one
+            else [
+                Stage(
+                    "points",
+                    f"""SELECT department, record_id, sid, kind, occurred_at, rule_id, context,
                    counts_until, raw_points, raw_points AS points
             FROM matched
             WHERE cap IS NULL AND (counts_until IS NULL OR counts_until > {T})
@@ -303,6 +291,8 @@ def stages(
                        ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0))) AS {POINTS})
             FROM matched
             WHERE cap IS NOT NULL AND (counts_until IS NULL OR counts_until > {T})""",
+                )
+            ]
         ),
         Stage("decision_listings", _decision_listings_sql(rb, T)),
         Stage("conduct_listings", _conduct_listings_sql(rb, at)),
@@ -332,6 +322,32 @@ def stages(
         Stage("benefits", _benefits_sql(rb)),
     ]
     return out
+
+
+def matched_sql(
+    rb: Rulebook, live: str, at: dt.datetime | None, still_counting: str = "", keep: str = ""
+) -> str:
+    """Records of ``live`` joined to the rule (and dated value) in force when they occurred:
+    each match's rule, context, cap, points before any cap, and when it stops counting.
+
+    ``at`` adds the bounds of :func:`_count_bounds` that ``still_counting`` (a condition on
+    ``l`` and ``rv``) may use; ``keep`` names more of ``l``'s columns to carry.
+    """
+    return f"""SELECT l.department, l.record_id, l.sid, l.kind, l.occurred_at, rv.rule_no,
+                   rv.rule_id, rv.context, rv.cap,{keep}
+                   CAST(CASE WHEN rv.per_unit
+                        THEN rv.sign * least(abs(round(rv.value * l.quantity, 2)),
+                                             coalesce(rv.max_per_record, 1e15))
+                        ELSE rv.value END AS {POINTS}) AS raw_points,
+                   CASE WHEN rv.valid_m IS NULL THEN NULL
+                        ELSE l.occurred_at + to_months(rv.valid_m) + to_days(rv.valid_d)
+                   END AS counts_until
+            FROM {live} l JOIN {rules_values_sql(rb, at)} rv
+              ON l.kind = rv.kind AND l.occurred_at >= rv.v_from
+             AND (rv.v_until IS NULL OR l.occurred_at < rv.v_until)
+             AND (rv.q_lo IS NULL OR l.quantity >= rv.q_lo)
+             AND (rv.q_hi IS NULL OR l.quantity < rv.q_hi)
+            WHERE NOT (rv.per_unit AND l.quantity IS NULL){still_counting}"""
 
 
 def first_retractions_sql(where: str) -> str:
@@ -372,7 +388,7 @@ def _after(at: dt.datetime, days: int, column: str) -> str:
     return f"\n              AND {column} > {sql_timestamp(bound)}"
 
 
-def _totals(rb: Rulebook) -> Stage:
+def _totals(rb: Rulebook) -> list[Stage]:
     """``points`` for many subjects: their points per context, without a row per record.
 
     One subject's explanation needs each record's points, with the yearly merit cap applied
@@ -383,20 +399,39 @@ def _totals(rb: Rulebook) -> Stage:
     two aggregations instead of a sort of every capped record, and equals the sum of the
     explanation's lines (pinned by a property test). ``matched`` for many subjects already holds
     only the records still counting at T.
+
+    The first aggregation, ``groups``, is kept as a table: its capped rows and both stages'
+    record counts are what a snapshot stores so that a daily update can add and remove single
+    records instead of reading every record of the subjects it touches
+    (:mod:`civiscore.engine.tallies`).
     """
-    return Stage(
-        "points",
-        f"""SELECT m.sid, rc.context,
-               sum(CASE WHEN rc.cap IS NULL THEN m.total
-                        ELSE CAST(least(m.total, rc.cap) AS {POINTS}) END) AS points
-        FROM (SELECT sid, rule_no,
-                     CASE WHEN cap IS NOT NULL THEN year(occurred_at) END AS cap_year,
-                     sum(raw_points) AS total
-              FROM matched
-              GROUP BY sid, rule_no, cap_year) m
-        JOIN {rule_caps_sql(rb)} rc ON rc.rule_no = m.rule_no
-        GROUP BY m.sid, rc.context""",
-    )
+    return [
+        Stage(
+            "groups",
+            """SELECT sid, rule_no,
+                   CASE WHEN cap IS NOT NULL THEN year(occurred_at) END AS cap_year,
+                   sum(raw_points) AS total, count(*) AS records
+            FROM matched
+            GROUP BY sid, rule_no, cap_year""",
+        ),
+        Stage(
+            "points",
+            f"""SELECT g.sid, rc.context,
+                   sum(CASE WHEN rc.cap IS NULL THEN g.total
+                            ELSE CAST(least(g.total, rc.cap) AS {POINTS}) END) AS points,
+                   CAST(sum(g.records) AS BIGINT) AS records
+            FROM groups g JOIN {rule_caps_sql(rb)} rc ON rc.rule_no = g.rule_no
+            GROUP BY g.sid, rc.context""",
+        ),
+        Stage(
+            "caps",
+            f"""SELECT g.sid, rc.rule_id, CAST(g.cap_year AS INTEGER) AS cap_year, g.total,
+                   g.records
+            FROM groups g JOIN {rule_caps_sql(rb)} rc ON rc.rule_no = g.rule_no
+            WHERE g.cap_year IS NOT NULL""",
+            view=True,
+        ),
+    ]
 
 
 def _decision_listings_sql(rb: Rulebook, T: str) -> str:

@@ -34,6 +34,7 @@ from pyspark.sql.types import (
     DataType,
     DecimalType,
     DoubleType,
+    IntegerType,
     LongType,
     StringType,
     StructField,
@@ -88,7 +89,12 @@ SNAPSHOT_SCHEMAS: dict[str, dict[str, DataType]] = {
         "band": StringType(),
         "band_capped": BooleanType(),
     },
-    "contexts": {"sid": LongType(), "context": StringType(), "points": _POINTS},
+    "contexts": {
+        "sid": LongType(),
+        "context": StringType(),
+        "points": _POINTS,
+        "records": LongType(),
+    },
     "listings": {
         "sid": LongType(),
         "listing": StringType(),
@@ -98,6 +104,13 @@ SNAPSHOT_SCHEMAS: dict[str, dict[str, DataType]] = {
         "record_id": StringType(),
         "department": StringType(),
         "reference": StringType(),
+    },
+    "caps": {
+        "sid": LongType(),
+        "rule_id": StringType(),
+        "cap_year": IntegerType(),
+        "total": _POINTS,
+        "records": LongType(),
     },
 }
 """Columns of :meth:`SparkEngine.score_frames`: the store's ``snapshot_*`` tables, less the
@@ -357,10 +370,11 @@ class SparkEngine:
         ``timings`` receives).
 
         Returns:
-            ``scores``, ``contexts`` and ``listings``, with the columns and types of
+            ``scores``, ``contexts``, ``listings`` and ``caps``, with the columns and types of
             :data:`SNAPSHOT_SCHEMAS`: the rows :meth:`DuckDBEngine.score` writes to
-            ``snapshot_scores``, ``snapshot_contexts`` and ``snapshot_listings``, without the
-            snapshot number. Write them with :func:`write_snapshot`, then :meth:`release`.
+            ``snapshot_scores``, ``snapshot_contexts``, ``snapshot_listings`` and
+            ``snapshot_caps``, without the snapshot number. Write them with
+            :func:`write_snapshot`, then :meth:`release`.
         """
         session = self.evaluate(rb, at, known_at, timings=timings)
         frames = {}
@@ -377,10 +391,10 @@ class SparkEngine:
         """The population snapshot for (T, K), collected to this process as Arrow tables.
 
         Returns:
-            ``snapshot_scores``, ``snapshot_contexts`` and ``snapshot_listings`` rows, ready for
-            :meth:`DuckDBEngine.store_snapshot`. Only for a population whose snapshot fits in
-            the driver's memory (a city); a country's goes to Parquet with
-            :func:`write_snapshot`.
+            ``snapshot_scores``, ``snapshot_contexts``, ``snapshot_listings`` and
+            ``snapshot_caps`` rows, ready for :meth:`DuckDBEngine.store_snapshot`. Only for a
+            population whose snapshot fits in the driver's memory (a city); a country's goes
+            to Parquet with :func:`write_snapshot`.
         """
         try:
             frames = self.score_frames(rb, at, known_at)

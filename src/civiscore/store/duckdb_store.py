@@ -76,7 +76,16 @@ CREATE TABLE IF NOT EXISTS snapshot_contexts (
     snapshot_id BIGINT NOT NULL,
     sid BIGINT NOT NULL,
     context VARCHAR NOT NULL,
-    points DECIMAL(18, 2) NOT NULL
+    points DECIMAL(18, 2) NOT NULL,
+    records BIGINT
+);
+CREATE TABLE IF NOT EXISTS snapshot_caps (
+    snapshot_id BIGINT NOT NULL,
+    sid BIGINT NOT NULL,
+    rule_id VARCHAR NOT NULL,
+    cap_year INTEGER NOT NULL,
+    total DECIMAL(18, 2) NOT NULL,
+    records BIGINT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS snapshot_listings (
     snapshot_id BIGINT NOT NULL,

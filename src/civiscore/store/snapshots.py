@@ -27,8 +27,11 @@ import duckdb
 # The snapshot tables and their columns after ``snapshot_id``, in schema order.
 SNAPSHOT_TABLES: dict[str, str] = {
     "snapshot_scores": "sid, score, band, band_capped",
-    "snapshot_contexts": "sid, context, points",
+    "snapshot_contexts": "sid, context, points, records",
     "snapshot_listings": "sid, listing, list, since, until, record_id, department, reference",
+    # What a daily update needs besides the answers (civiscore.engine.tallies): per subject,
+    # capped rule and calendar year, the points and records still counting before the cap.
+    "snapshot_caps": "sid, rule_id, cap_year, total, records",
 }
 
 DELTAS = "snapshot_deltas"
@@ -56,8 +59,13 @@ CREATE TABLE IF NOT EXISTS {AFFECTED} (
 
 
 def ensure(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the delta tables if this store does not have them yet."""
+    """Create the delta tables if this store does not have them yet.
+
+    Stores from before the tallies get their columns; their snapshots' counts are NULL, and an
+    update on such a base reads the records instead (:func:`civiscore.engine.tallies.usable`).
+    """
     con.execute(_DDL)
+    con.execute("ALTER TABLE snapshot_contexts ADD COLUMN IF NOT EXISTS records BIGINT")
 
 
 @dataclass(frozen=True)
