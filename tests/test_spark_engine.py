@@ -68,10 +68,15 @@ QUESTIONS = {
 
 SNAPSHOT_SQL = {
     "scores": "SELECT sid, score, band, band_capped FROM snapshot_scores WHERE snapshot_id = ?",
-    "contexts": "SELECT sid, context, points FROM snapshot_contexts WHERE snapshot_id = ?",
+    "contexts": (
+        "SELECT sid, context, points, records FROM snapshot_contexts WHERE snapshot_id = ?"
+    ),
     "listings": (
         "SELECT sid, listing, list, since, until, record_id, department, reference "
         "FROM snapshot_listings WHERE snapshot_id = ?"
+    ),
+    "caps": (
+        "SELECT sid, rule_id, cap_year, total, records FROM snapshot_caps WHERE snapshot_id = ?"
     ),
 }
 
@@ -206,6 +211,8 @@ def test_the_city_exercises_the_rules(
     listings = {row[1] for row in now["listings"]}
     assert {"dishonest_judgment_debtor", "rail_fare_evader", "green_channel"} <= listings
     assert {row[1] for row in now["contexts"]} >= {"transport", "civic", "tax", "judicial"}
+    # Sums past the largest cap (30), which the snapshot keeps for daily updates.
+    assert any(total > 30 for _, _, _, total, _ in now["caps"]), "no merit sum past its cap"
     kinds = dict(
         city.store.con.execute(
             "SELECT kind, count(*) FROM records WHERE kind IN ('court.judgment_settled', "

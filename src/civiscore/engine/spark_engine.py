@@ -422,7 +422,7 @@ def worth_caching(plan: list[Stage]) -> set[str]:
     >>> from civiscore.rulebook.load import demo_rulebook_path, load
     >>> when = dt.datetime(2026, 1, 1)
     >>> sorted(worth_caching(stages(load(demo_rulebook_path()), when, when, None)))
-    ['conduct_listings', 'decision_listings', 'points', 'scores', 'withdrawn']
+    ['conduct_listings', 'decision_listings', 'groups', 'points', 'scores', 'withdrawn']
     """
     reads = {stage.name: _tables(stage.sql) for stage in plan}
     snapshot: Counter[str] = Counter()

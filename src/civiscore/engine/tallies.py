@@ -61,11 +61,9 @@ from civiscore.store.base import Snapshot
 from civiscore.store.snapshots import rows_sql
 from civiscore.timeutil import sql_timestamp
 
-_COLUMNS = f"rowid AS row_id, {kind_records.COLUMNS}"
-
-# Up to this many newly withdrawn records are fetched by constant rowids; beyond it, by a join,
-# which reads every row group between the first and the last.
-_LITERAL_ROWS = 50_000
+# What tallies read of a changed record (no reference: listings are rerun from kind_records).
+_COLUMNS = "rowid AS row_id, department, record_id, sid, kind, occurred_at, quantity, retracts, "
+_COLUMNS += "received_at"
 
 
 def listing_kinds(rb: Rulebook) -> frozenset[str]:
@@ -129,20 +127,14 @@ def find_changes(
     their rowids) and ``affected`` (their subjects); returns how many subjects."""
     K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
     parts = changes_sql(rb, base, base_seen, at, known_at, _COLUMNS, seen)
-    newly = (
-        f"SELECT row_id FROM {withdrawals.ROWS} WHERE known_since > {K1} "
-        f"AND known_since <= {K2} AND row_id < {int(seen)}"
+    # Records withdrawn since the base, whenever they were stored: the withdrawals tables keep
+    # what is needed of them (they lie all over the table; fetching them would read it all).
+    parts.append(
+        f"""SELECT row_id, department, record_id, sid, kind, occurred_at, quantity, retracts,
+               received_at
+        FROM {withdrawals.ROWS}
+        WHERE known_since > {K1} AND known_since <= {K2} AND row_id < {int(seen)}"""
     )
-    rowids = [int(r[0]) for r in cur.execute(newly).fetchall()]
-    if rowids and len(rowids) <= _LITERAL_ROWS:
-        parts.append(
-            f"SELECT {_COLUMNS} FROM records WHERE rowid IN ({', '.join(map(str, rowids))})"
-        )
-    elif rowids:
-        parts.append(
-            f"SELECT r.rowid AS row_id, {_qualified('r')} FROM records r "
-            f"JOIN ({newly}) w ON w.row_id = r.rowid"
-        )
     cur.execute(
         "CREATE TEMP TABLE changed AS SELECT DISTINCT * FROM (\n"
         + "\nUNION ALL\n".join(parts)
@@ -150,10 +142,6 @@ def find_changes(
     )
     cur.execute("CREATE TEMP TABLE affected AS SELECT DISTINCT sid FROM changed")
     return int(cur.execute("SELECT count(*) FROM affected").fetchall()[0][0])
-
-
-def _qualified(alias: str) -> str:
-    return ", ".join(f"{alias}.{c.strip()}" for c in kind_records.COLUMNS.split(","))
 
 
 def rescore(

@@ -79,14 +79,6 @@ CREATE TABLE IF NOT EXISTS snapshot_contexts (
     points DECIMAL(18, 2) NOT NULL,
     records BIGINT
 );
-CREATE TABLE IF NOT EXISTS snapshot_caps (
-    snapshot_id BIGINT NOT NULL,
-    sid BIGINT NOT NULL,
-    rule_id VARCHAR NOT NULL,
-    cap_year INTEGER NOT NULL,
-    total DECIMAL(18, 2) NOT NULL,
-    records BIGINT NOT NULL
-);
 CREATE TABLE IF NOT EXISTS snapshot_listings (
     snapshot_id BIGINT NOT NULL,
     sid BIGINT NOT NULL,

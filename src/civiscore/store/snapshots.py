@@ -55,6 +55,14 @@ CREATE TABLE IF NOT EXISTS {AFFECTED} (
     snapshot_id BIGINT NOT NULL,
     sid BIGINT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS snapshot_caps (
+    snapshot_id BIGINT NOT NULL,
+    sid BIGINT NOT NULL,
+    rule_id VARCHAR NOT NULL,
+    cap_year INTEGER NOT NULL,
+    total DECIMAL(18, 2) NOT NULL,
+    records BIGINT NOT NULL
+);
 """
 
 

@@ -41,10 +41,27 @@ _UPTO = "withdrawals_upto"
 _LOCATE_AT_MOST = 2_000
 
 _KEY = "department, record_id, sid"
+# What a daily update needs of a record withdrawn since its base, kept so it need not fetch the
+# rows from all over ``records`` (civiscore.engine.tallies).
+_ROW_COLUMNS = "kind, occurred_at, quantity, retracts, received_at"
 
 
 def ensure(con: duckdb.DuckDBPyConnection) -> None:
-    """Create the tables if the store has none (stores made before they existed)."""
+    """Create the tables if the store has none (stores made before they existed).
+
+    Tables from before ``withdrawn_rows`` carried the rows' content are dropped: they are
+    derived, and the next fold rebuilds them from every record.
+    """
+    columns = {
+        str(r[0])
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' "
+            f"AND table_name = '{ROWS}'"
+        ).fetchall()
+    }
+    if columns and "kind" not in columns:
+        con.execute(f"DROP TABLE {ROWS}; DROP TABLE IF EXISTS {TABLE}")
+        con.execute("DELETE FROM meta WHERE key = ?", [_UPTO])
     con.execute(
         f"""CREATE TABLE IF NOT EXISTS {TABLE} (
             department VARCHAR NOT NULL,
@@ -58,7 +75,12 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
             department VARCHAR NOT NULL,
             record_id VARCHAR NOT NULL,
             sid BIGINT NOT NULL,
-            known_since TIMESTAMP NOT NULL
+            known_since TIMESTAMP NOT NULL,
+            kind VARCHAR NOT NULL,
+            occurred_at TIMESTAMP NOT NULL,
+            quantity DOUBLE,
+            retracts VARCHAR,
+            received_at TIMESTAMP NOT NULL
         )"""
     )
 
@@ -92,8 +114,9 @@ def fold_new(con: duckdb.DuckDBPyConnection) -> None:
         # Records stored now that a key names, whenever it was retracted.
         con.execute(
             f"""INSERT INTO {ROWS}
-            SELECT r.row_id, w.department, w.record_id, w.sid, w.known_since
-            FROM (SELECT rowid AS row_id, {_KEY} FROM records WHERE rowid >= {int(upto)}) r
+            SELECT r.row_id, w.department, w.record_id, w.sid, w.known_since, {_ROW_COLUMNS}
+            FROM (SELECT rowid AS row_id, {_KEY}, {_ROW_COLUMNS} FROM records
+                  WHERE rowid >= {int(upto)}) r
             JOIN {TABLE} w USING ({_KEY})"""
         )
         con.execute("DROP TABLE withdrawals_new")
@@ -129,26 +152,29 @@ def _merge(con: duckdb.DuckDBPyConnection, upto: int) -> None:
     older = _older_records(con, upto)
     con.execute(
         f"""INSERT INTO {ROWS}
-        SELECT r.row_id, f.department, f.record_id, f.sid, f.known_since
+        SELECT r.row_id, f.department, f.record_id, f.sid, f.known_since, {_ROW_COLUMNS}
         FROM ({older}) r JOIN withdrawals_fresh f USING ({_KEY})"""
     )
     con.execute("DROP TABLE withdrawals_fresh")
 
 
 def _older_records(con: duckdb.DuckDBPyConnection, upto: int) -> str:
-    """A SELECT of (row_id, department, record_id, sid) of the records below ``upto`` whose
+    """A SELECT of (row_id, department, record_id, sid, and the columns a daily update
+    needs) of the records below ``upto`` whose
     subjects have a freshly retracted key: through the locator when they are few."""
     fresh = int(con.execute("SELECT count(DISTINCT sid) FROM withdrawals_fresh").fetchall()[0][0])
     if fresh == 0:
-        return f"SELECT NULL::BIGINT AS row_id, {_KEY} FROM {TABLE} WHERE false"
+        return f"SELECT row_id, {_KEY}, {_ROW_COLUMNS} FROM {ROWS} WHERE false"
     if fresh <= _LOCATE_AT_MOST:
         found = locator.subjects_records_sql(
             con, "records", "(SELECT DISTINCT sid FROM withdrawals_fresh)", with_rowid=True
         )
         if found is not None:
-            return f"SELECT row_id, {_KEY} FROM ({found}) x WHERE row_id < {int(upto)}"
+            return (
+                f"SELECT row_id, {_KEY}, {_ROW_COLUMNS} FROM ({found}) x WHERE row_id < {int(upto)}"
+            )
     # Departments are stored file by file, so their row groups are skipped by zone map.
-    return f"""SELECT rowid AS row_id, {_KEY} FROM records
+    return f"""SELECT rowid AS row_id, {_KEY}, {_ROW_COLUMNS} FROM records
         WHERE rowid < {int(upto)}
           AND department IN (SELECT DISTINCT department FROM withdrawals_fresh)
           AND sid IN (SELECT sid FROM withdrawals_fresh)"""
