@@ -429,11 +429,39 @@ def test_records_stored_after_the_base_with_an_earlier_received_at_are_picked_up
     ingest_rows(ws, "tax", [{"record_id": "B", **fine}], received_at=dt.datetime(2025, 5, 1))
     update = ws.score_incremental(t, k, full_share=None)
     assert update.base_snapshot_id == base.snapshot_id and update.affected_subjects == 1
+    # The base never counted it though "received by K1" says so: tallies would be wrong.
+    assert update.method == "records" and "stored after" in str(update.records_reason)
     full = ws.score(t, k)
     assert_same_snapshot(ws.store.con, update.snapshot, full)
     scores = snapshots.resolved(ws.store.con, "snapshot_scores", update.snapshot.snapshot_id)
     score = ws.store.con.execute(f"SELECT score FROM {scores} s").fetchall()
     assert [float(s[0]) for s in score] == [990.0]
+
+
+def test_a_day_of_records_goes_by_tallies(ws: Any) -> None:
+    fine = {"subject_id": resident_id(3), "kind": "tax.late_filing", "occurred_at": "2025-03-01"}
+    ingest_rows(ws, "tax", [{"record_id": "A", **fine}], received_at=dt.datetime(2025, 4, 1))
+    ws.score(dt.datetime(2025, 6, 1), dt.datetime(2025, 6, 1))
+    ingest_rows(ws, "tax", [{"record_id": "B", **fine}], received_at=dt.datetime(2025, 6, 1, 12))
+    t, k = dt.datetime(2025, 6, 2), dt.datetime(2025, 6, 2)
+    update = ws.score_incremental(t, k, full_share=None)
+    assert (update.method, update.records_reason, update.affected_subjects) == ("tallies", None, 1)
+    assert_same_snapshot(ws.store.con, update.snapshot, ws.score(t, k))
+
+
+def test_a_base_stored_without_tallies_is_brought_forward_from_the_records(ws: Any) -> None:
+    """Snapshots written before the tallies existed have none: the plan reruns instead."""
+    fine = {"subject_id": resident_id(4), "kind": "tax.late_filing", "occurred_at": "2025-03-01"}
+    ingest_rows(ws, "tax", [{"record_id": "A", **fine}], received_at=dt.datetime(2025, 4, 1))
+    base = ws.score(dt.datetime(2025, 6, 1), dt.datetime(2025, 6, 1))
+    ws.store.con.execute(
+        f"UPDATE {LINEAGE} SET tallied = NULL WHERE snapshot_id = ?", [base.snapshot_id]
+    )
+    ingest_rows(ws, "tax", [{"record_id": "B", **fine}], received_at=dt.datetime(2025, 6, 1, 12))
+    t, k = dt.datetime(2025, 6, 2), dt.datetime(2025, 6, 2)
+    update = ws.score_incremental(t, k, full_share=None)
+    assert update.method == "records" and "without tallies" in str(update.records_reason)
+    assert_same_snapshot(ws.store.con, update.snapshot, ws.score(t, k))
 
 
 def test_lineage_records_the_base_and_the_subjects_rescored(ws: Any) -> None:
@@ -696,11 +724,15 @@ def test_cli_incremental_brings_the_latest_snapshot_forward(cli_home: Path) -> N
     assert data["base_snapshot_id"] == first["snapshot_id"]
     assert data["rescored_subjects"] == 0  # nothing happened on 2 June
     assert data["full_score_reason"] is None
+    assert (data["method"], data["records_reason"]) == ("tallies", None)
     assert data["subjects"] == 5
     assert result.stderr == ""
     # The first resident's 2024 filing stops counting on 1 July 2025.
     text = ok(invoke(cli_home, "score", "--incremental", "--at", "2025-07-01")).stdout
-    assert f"brought forward from snapshot {data['snapshot_id']}: 1 subjects rescored" in flat(text)
+    assert (
+        f"brought forward from snapshot {data['snapshot_id']}: 1 subjects rescored by tallies "
+        "of the changed records" in flat(text)
+    )
 
 
 def test_cli_incremental_after_a_rulebook_change_scores_everyone_and_says_so(

@@ -150,3 +150,23 @@ def test_a_full_score_folds_what_was_stored_since(tmp_path: Path) -> None:
         assert store.con.execute(f"SELECT count(*) FROM {withdrawals.ROWS}").fetchall() == [(1,)]
     finally:
         ws.close()
+
+
+def test_tables_from_before_the_rows_kept_their_content_are_rebuilt() -> None:
+    """``withdrawn_rows`` once held only rowids and keys; daily updates need each row's kind,
+    occurrence, quantity and receipt. Such tables are dropped and the next fold rebuilds them."""
+    store = DuckDBStore.memory()
+    try:
+        _store(store, [("tax", "A", 1, None, 0), ("tax", "X", 1, "A", 2)], 0)
+        withdrawals.fold_new(store.con)
+        want = store.con.execute(f"SELECT * FROM {withdrawals.ROWS}").fetchall()
+        assert len(want) == 1 and want[0][5] == "tax.late_filing"
+        for column in ("kind", "occurred_at", "quantity", "retracts", "received_at"):
+            store.con.execute(f"ALTER TABLE {withdrawals.ROWS} DROP COLUMN {column}")
+        withdrawals.ensure(store.con)
+        assert withdrawals.covered(store.con) == 0
+        assert withdrawals.plan_tables(store.con, "records") is None
+        withdrawals.fold_new(store.con)
+        assert store.con.execute(f"SELECT * FROM {withdrawals.ROWS}").fetchall() == want
+    finally:
+        store.close()

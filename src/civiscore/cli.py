@@ -389,6 +389,8 @@ def score(
         data["base_snapshot_id"] = update.base_snapshot_id
         data["rescored_subjects"] = update.affected_subjects
         data["full_score_reason"] = update.full_reason
+        data["method"] = update.method
+        data["records_reason"] = update.records_reason
         if update.full_reason is not None:
             err.print(
                 f"scored the whole population: {update.full_reason}",
@@ -403,9 +405,16 @@ def score(
         f"(known at {snap.known_at}) under rulebook {snap.rulebook_version}"
     )
     if update is not None and update.base_snapshot_id is not None:
+        how = (
+            "by tallies of the changed records"
+            if update.method == "tallies"
+            else f"from their records ({update.records_reason})"
+        )
         out.print(
             f"brought forward from snapshot {update.base_snapshot_id}: "
-            f"{update.affected_subjects:,} subjects rescored, the others' rows carried over"
+            f"{update.affected_subjects:,} subjects rescored {how}, the others' rows carried over",
+            highlight=False,
+            soft_wrap=True,
         )
 
 
