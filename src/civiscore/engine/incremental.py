@@ -3,10 +3,11 @@
 A snapshot answers the question (T, K): every subject's score, band, sub-scores and listings at
 moment T from the records received by K. The daily question moves to (T2, K2) with T2 ≥ T1 and
 K2 ≥ K1, under the same rulebook version. Most subjects' answers do not change in a day, so
-:meth:`civiscore.engine.duckdb_engine.DuckDBEngine.update` reruns the plan only for the
-*affected* subjects, over only their records that can still matter (:func:`still_matters_sql`),
-and stores their rows as a delta on the base snapshot (:mod:`civiscore.store.snapshots`): every
-other subject's rows are the base's.
+:meth:`civiscore.engine.duckdb_engine.DuckDBEngine.update` recomputes only the *affected*
+subjects' rows and stores them as a delta on the base snapshot (:mod:`civiscore.store.snapshots`):
+every other subject's rows are the base's. It recomputes them from the base and the records that
+changed (:mod:`civiscore.engine.tallies`) or, where that cannot be done, by rerunning the plan
+over those subjects' records that can still matter (:func:`still_matters_sql`).
 
 Why the result equals a full score at (T2, K2)
 ----------------------------------------------
@@ -91,7 +92,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -356,28 +357,18 @@ def affected_sql(
     return "SELECT DISTINCT sid FROM (\n" + "\nUNION ALL\n".join(parts) + "\n) a"
 
 
-def still_matters_sql(
-    rb: Rulebook, base: Snapshot, records_seen: int | None, at: dt.datetime
-) -> str:
-    """A condition on ``records`` true of every record an update must read for a subject.
-
-    An update reruns the plan for the affected subjects, and a subject's rows at T2 depend only
-    on its records within their kind's horizon (:func:`horizons`), on retractions (a retraction
-    of a record that still counts may be dated anywhere), and on whether it is in the
-    population at all. Subjects in the base's population stay there (the caller carries them);
-    one that joins has a record received after K1, stored after the base's plan read the table,
-    or occurring after T1, so those are read too. On the 5.2-million-resident city this keeps a
-    quarter of the affected subjects' records, so fewer are copied and fewer go through the
-    plan; the scan itself still reads the whole table.
-    """
-    T2 = at
-    limits = horizons(rb)
+def within_horizon_sql(
+    rb: Rulebook, at: dt.datetime, kinds: Collection[str] | None = None
+) -> list[str]:
+    """Conditions on ``records``, one of which holds for every record (of ``kinds``, default
+    all) still within its kind's horizon at ``at`` (:func:`horizons`); none for no kind."""
+    limits = {k: d for k, d in horizons(rb).items() if kinds is None or k in kinds}
     finite = {kind: days for kind, days in limits.items() if days is not None}
     forever = sorted(kind for kind, days in limits.items() if days is None)
 
     def since(days: int) -> str:
         try:
-            return sql_timestamp(T2 - dt.timedelta(days=days + 1))
+            return sql_timestamp(at - dt.timedelta(days=days + 1))
         except OverflowError:  # T in the first centuries of the calendar: nothing is too old
             return "TIMESTAMP '0001-01-01 00:00:00'"
 
@@ -393,6 +384,24 @@ def still_matters_sql(
         parts.append(f"occurred_at > {since(max(finite.values()))} AND ({each})")
     if forever:
         parts.append(f"kind IN ({names(forever)})")
+    return parts
+
+
+def still_matters_sql(
+    rb: Rulebook, base: Snapshot, records_seen: int | None, at: dt.datetime
+) -> str:
+    """A condition on ``records`` true of every record an update must read for a subject.
+
+    An update reruns the plan for the affected subjects, and a subject's rows at T2 depend only
+    on its records within their kind's horizon (:func:`horizons`), on retractions (a retraction
+    of a record that still counts may be dated anywhere), and on whether it is in the
+    population at all. Subjects in the base's population stay there (the caller carries them);
+    one that joins has a record received after K1, stored after the base's plan read the table,
+    or occurring after T1, so those are read too. On the 5.2-million-resident city this keeps a
+    quarter of the affected subjects' records, so fewer are copied and fewer go through the
+    plan; the scan itself still reads the whole table.
+    """
+    parts = within_horizon_sql(rb, at)
     joins = [
         f"received_at > {sql_timestamp(base.known_at)}",
         f"occurred_at > {sql_timestamp(base.at)}",

@@ -53,7 +53,7 @@ from collections.abc import Sequence
 
 import duckdb
 
-from civiscore.engine.incremental import LINEAGE, changes_sql
+from civiscore.engine.incremental import LINEAGE, changes_sql, within_horizon_sql
 from civiscore.engine.plan import POINTS, matched_sql, stages
 from civiscore.rulebook.model import Rulebook
 from civiscore.store import kind_records, withdrawals
@@ -61,9 +61,10 @@ from civiscore.store.base import Snapshot
 from civiscore.store.snapshots import rows_sql
 from civiscore.timeutil import sql_timestamp
 
-# What tallies read of a changed record (no reference: listings are rerun from kind_records).
-_COLUMNS = "rowid AS row_id, department, record_id, sid, kind, occurred_at, quantity, retracts, "
-_COLUMNS += "received_at"
+# What tallies read of a changed record: no strings but the kind (dictionary-coded) and the
+# retracted id (almost always NULL). Listings are rerun from kind_records; a record's points
+# need no id. At Beijing's size the scans for a day passing took 0.82 s instead of 1.09 s so.
+_COLUMNS = "rowid AS row_id, sid, kind, occurred_at, quantity, retracts, received_at"
 
 
 def listing_kinds(rb: Rulebook) -> frozenset[str]:
@@ -130,8 +131,7 @@ def find_changes(
     # Records withdrawn since the base, whenever they were stored: the withdrawals tables keep
     # what is needed of them (they lie all over the table; fetching them would read it all).
     parts.append(
-        f"""SELECT row_id, department, record_id, sid, kind, occurred_at, quantity, retracts,
-               received_at
+        f"""SELECT row_id, sid, kind, occurred_at, quantity, retracts, received_at
         FROM {withdrawals.ROWS}
         WHERE known_since > {K1} AND known_since <= {K2} AND row_id < {int(seen)}"""
     )
@@ -196,7 +196,8 @@ def _points(
             f"AND (counts_until IS NULL OR counts_until > {T}) AS INTEGER)"
         )
 
-    flagged = f"""(SELECT c.*, w.known_since AS withdrawn_at
+    flagged = f"""(SELECT c.*, NULL::VARCHAR AS department, NULL::VARCHAR AS record_id,
+               w.known_since AS withdrawn_at
         FROM changed c LEFT JOIN {withdrawals.ROWS} w ON w.row_id = c.row_id
         WHERE c.retracts IS NULL)"""
     matched = matched_sql(rb, flagged, None, keep=" l.row_id, l.received_at, l.withdrawn_at,")
@@ -278,12 +279,16 @@ def _listings(
     kind_records.bring_to(cur, kinds, seen)
     # Their records of those kinds, less any withdrawn by K2, shadow the store's table for the
     # plan's listing stages (a temporary table is found first).
+    # Older records than their kind's horizon change no listing at T2 (as for the records path).
+    recent = " OR ".join(f"({c})" for c in within_horizon_sql(rb, at, kinds)) or "false"
     cur.execute(
         f"""CREATE TEMP TABLE records AS
         SELECT {kind_records.COLUMNS}
         FROM ({kind_records.subjects_sql(kinds, "relisted", seen)}) k
-        ANTI JOIN (SELECT row_id FROM {withdrawals.ROWS} WHERE known_since <= {K2}) w
-          ON w.row_id = k.row_id"""
+        ANTI JOIN (SELECT row_id FROM {withdrawals.ROWS}
+                   WHERE known_since <= {K2} AND sid IN (SELECT sid FROM relisted)) w
+          ON w.row_id = k.row_id
+        WHERE {recent}"""
     )
     wanted = ("withdrawn", "live", "decision_listings", "conduct_listings")
     for stage in stages(rb, at, known_at, None):
