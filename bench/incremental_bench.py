@@ -203,8 +203,10 @@ def race(
     """Update and full score, alternately; best of each, and the identity of the last pair.
 
     ``folds_seconds`` is what folding the day's records into the withdrawals and kind tables
-    took before the first update (timed apart, so that every run starts from the same state);
-    it is added to the best update for the headline ratio.
+    took before the first update (timed apart, so that every run starts from the same state).
+    Ingest folds the withdrawals after each department's file; here the day is added by SQL,
+    so it is done once for every department. It is reported beside the update and added to
+    it in ``ratio_with_folds``.
     """
     updates: list[float] = []
     fulls: list[float] = []
@@ -434,10 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     console.print(f"results written to {out_file}")
 
     print(
-        "| scenario | residents | records | subjects rescored | update (s) | full (s) "
-        "| update/full | identical |"
+        "| scenario | residents | records | subjects rescored | update (s) | the day's folds (s) "
+        "| full (s) | update/full | with the folds | identical |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|")
     rows = (
         ("(i) a day passes", records, passage),
         (f"(ii) a day of {added['records']:,} records", records + added["records"], day),
@@ -445,8 +447,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, n, r in rows:
         print(
             f"| {name} | {args.residents:,} | {n:,} | {r['affected_subjects']:,} "
-            f"| {r['update_with_folds_seconds']:.2f} | {r['full_seconds']:.2f} "
-            f"| {100 * r['ratio_with_folds']:.1f} % "
+            f"| {r['update_seconds']:.2f} | {r['folds_seconds']:.2f} | {r['full_seconds']:.2f} "
+            f"| {100 * r['ratio']:.1f} % | {100 * r['ratio_with_folds']:.1f} % "
             f"| {'yes' if r['identical'] else 'NO'} |"
         )
     ok = passage["identical"] and day["identical"]

@@ -15,6 +15,8 @@ from civiscore.store import locator, withdrawals
 from civiscore.store.duckdb_store import DuckDBStore
 from civiscore.workspace import Workspace
 
+from .utils import ingest_rows, resident_id
+
 DAY = dt.timedelta(days=1)
 START = dt.datetime(2025, 1, 1)
 RULEBOOK = load(demo_rulebook_path())
@@ -170,3 +172,22 @@ def test_tables_from_before_the_rows_kept_their_content_are_rebuilt() -> None:
         assert store.con.execute(f"SELECT * FROM {withdrawals.ROWS}").fetchall() == want
     finally:
         store.close()
+
+
+def test_a_department_file_is_folded_as_it_is_ingested(tmp_path: Path) -> None:
+    """The day's files bring their retractions; the records they withdraw are found then, so
+    the daily update finds the tables covering every record."""
+    ws, _ = Workspace.init(tmp_path / "home")
+    try:
+        fine = {"subject_id": resident_id(1), "kind": "tax.late_filing"}
+        ingest_rows(ws, "tax", [{"record_id": "A", "occurred_at": "2025-01-01", **fine}])
+        ingest_rows(
+            ws, "tax", [{"record_id": "X", "retracts": "A", "occurred_at": "2025-02-01", **fine}]
+        )
+        assert withdrawals.plan_tables(ws.store.con, "records") is not None
+        rows = ws.store.con.execute(
+            f"SELECT record_id, kind, occurred_at FROM {withdrawals.ROWS}"
+        ).fetchall()
+        assert rows == [("A", "tax.late_filing", dt.datetime(2025, 1, 1))]
+    finally:
+        ws.close()

@@ -38,6 +38,7 @@ from civiscore.ingest.validate import (
     rejects_sql,
 )
 from civiscore.rulebook.model import Rulebook
+from civiscore.store import withdrawals
 from civiscore.store.duckdb_store import DuckDBStore
 from civiscore.timeutil import now_local
 
@@ -131,6 +132,10 @@ def ingest_file(
         summary.rejected = _write_rejects(con, result.conflicts, partial, summary.reasons)
     finally:
         drop_stage(con)
+    # A department's file is the day's batch: the records its retractions withdraw are found
+    # now, by a scan of that department's rows, so a daily update need not find them. (A
+    # submission through the service does not wait for this; the next score folds it.)
+    withdrawals.fold_new(con)
     if summary.rejected:
         os.replace(partial, out)
         summary.rejects_file = str(out)
