@@ -76,7 +76,7 @@ SNAPSHOT_SQL = {
         "FROM snapshot_listings WHERE snapshot_id = ?"
     ),
     "caps": (
-        "SELECT sid, rule_id, cap_year, total, records FROM snapshot_caps WHERE snapshot_id = ?"
+        "SELECT sid, rule_no, cap_year, total, records FROM snapshot_caps WHERE snapshot_id = ?"
     ),
 }
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -24,7 +24,7 @@ from civiscore.engine.incremental import (
     too_many,
     why_full,
 )
-from civiscore.engine.plan import stages
+from civiscore.engine.plan import spent_after, stages, tables_read
 from civiscore.rulebook.load import refuse_simulation_only
 from civiscore.rulebook.model import Rulebook
 from civiscore.store import firsts, locator, snapshots, withdrawals
@@ -42,10 +42,12 @@ _FRESH: dict[str, str] = {
             FROM (SELECT * FROM decision_listings WHERE list = 'blacklist'
                   UNION ALL SELECT * FROM conduct_listings WHERE list = 'blacklist'
                   UNION ALL SELECT * FROM benefits)""",
-    "snapshot_caps": """SELECT $id AS snapshot_id, sid, rule_id, cap_year, total, records
+    "snapshot_caps": """SELECT $id AS snapshot_id, sid, rule_no, cap_year, total, records
             FROM caps""",
 }
 assert set(_FRESH) == set(SNAPSHOT_TABLES)
+# The stages those queries read.
+_FRESH_READS = frozenset(name for sql in _FRESH.values() for name in tables_read(sql))
 
 
 def build_stages(
@@ -57,11 +59,20 @@ def build_stages(
     carried: str | None = None,
     population: str | None = None,
     retracted: tuple[str, str] | None = None,
+    keep: Collection[str] | None = None,
 ) -> None:
-    """Create every stage of the plan as a temporary table (or view) on ``cur``."""
-    for stage in stages(rb, at, known_at, sid, carried, population, retracted):
+    """Create every stage of the plan as a temporary table (or view) on ``cur``.
+
+    ``keep`` given, stage tables that no later stage reads and ``keep`` does not name are
+    dropped as soon as they are spent, which lowers a full score's peak memory.
+    """
+    plan = stages(rb, at, known_at, sid, carried, population, retracted)
+    spent = spent_after(plan, keep) if keep is not None else {}
+    for stage in plan:
         kind = "VIEW" if stage.view else "TABLE"
         cur.execute(f"CREATE OR REPLACE TEMP {kind} {stage.name} AS {stage.sql}")
+        for name in spent.get(stage.name, []):
+            cur.execute(f"DROP TABLE {name}")
 
 
 # Above this many affected subjects an update reads their records with one scan of the table.
@@ -94,15 +105,22 @@ class DuckDBEngine:
         at: dt.datetime,
         known_at: dt.datetime,
         sid: int | Sequence[int] | None = None,
+        keep: Collection[str] | None = None,
     ) -> duckdb.DuckDBPyConnection:
-        """Build every stage for (T, K[, subjects]); returns the cursor holding them."""
+        """Build every stage for (T, K[, subjects]); returns the cursor holding them.
+
+        ``keep``, for everyone, names the stages wanted afterwards; the others are dropped once
+        spent (see :func:`build_stages`).
+        """
         cur = self.store.con.cursor()
         if sid is None:
             # Everyone: the population from each subject's first records, not every record.
             records = _store_records(cur)
             population = firsts.population_sql(cur, records, at, known_at)
             retracted = withdrawals.plan_tables(cur, records)
-            build_stages(cur, rb, at, known_at, None, population=population, retracted=retracted)
+            build_stages(
+                cur, rb, at, known_at, None, population=population, retracted=retracted, keep=keep
+            )
             return cur
         # A few subjects: their records only, found through the locator, shadow the store's
         # table on this cursor (its temporary schema is searched first).
@@ -131,7 +149,7 @@ class DuckDBEngine:
         firsts.fold_new(self.store.con)
         withdrawals.fold_new(self.store.con)
         seen = records_seen(self.store.con)  # before the plan reads the records
-        cur = self.evaluate(rb, at, known_at)
+        cur = self.evaluate(rb, at, known_at, keep=_FRESH_READS)
         try:
             return _new_snapshot(cur, rb, at, known_at, created_at, seen, _FRESH)
         finally:

@@ -20,8 +20,12 @@ Stages (each a table built from the previous ones):
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
 
 from civiscore.rulebook.model import DatedNumber, Duration, Listing, Rule, Rulebook
 from civiscore.rulebook.safeguards import rule_sign
@@ -266,6 +270,10 @@ def stages(
             # for them (four scans of 50 million records per refreshed submission).
             view=sid is None,
         ),
+        # Listings before points: the points' tables are large, and need not be held while
+        # the conduct windows sort (a full score's peak memory).
+        Stage("decision_listings", _decision_listings_sql(rb, T)),
+        Stage("conduct_listings", _conduct_listings_sql(rb, at)),
         Stage(
             "matched",
             matched_sql(rb, "live", None if one else at, still_counting),
@@ -294,8 +302,6 @@ def stages(
                 )
             ]
         ),
-        Stage("decision_listings", _decision_listings_sql(rb, T)),
-        Stage("conduct_listings", _conduct_listings_sql(rb, at)),
         Stage(
             "scores",
             f"""WITH population AS (
@@ -348,6 +354,46 @@ def matched_sql(
              AND (rv.q_lo IS NULL OR l.quantity >= rv.q_lo)
              AND (rv.q_hi IS NULL OR l.quantity < rv.q_hi)
             WHERE NOT (rv.per_unit AND l.quantity IS NULL){still_counting}"""
+
+
+def tables_read(sql: str) -> Counter[str]:
+    """How many times a statement reads each table or view (one named twice counts twice)."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    return Counter(t.name for t in tree.find_all(exp.Table) if t.name not in ctes)
+
+
+def spent_after(plan: Sequence[Stage], keep: Collection[str]) -> dict[str, list[str]]:
+    """For each stage, the earlier stage tables no later stage reads (through views too) and
+    ``keep`` does not name: they can be dropped once it is built, to free their memory.
+
+    >>> from civiscore.rulebook.load import demo_rulebook_path, load
+    >>> when = dt.datetime(2026, 10, 31)
+    >>> plan = stages(load(demo_rulebook_path()), when, when, None)
+    >>> spent_after(plan, {"points", "caps", "scores", "benefits"})["caps"]
+    ['groups']
+    """
+    views = {stage.name for stage in plan if stage.view}
+    direct = {stage.name: set(tables_read(stage.sql)) for stage in plan}
+
+    def through(name: str) -> set[str]:
+        out: set[str] = set()
+        for read in direct.get(name, set()):
+            out.add(read)
+            if read in views:
+                out |= through(read)
+        return out
+
+    reads = {stage.name: through(stage.name) for stage in plan}
+    last: dict[str, str] = {}
+    for stage in plan:
+        for read in reads[stage.name]:
+            last[read] = stage.name
+    out: dict[str, list[str]] = {stage.name: [] for stage in plan}
+    for stage in plan:
+        if not stage.view and stage.name not in keep and stage.name in last:
+            out[last[stage.name]].append(stage.name)
+    return out
 
 
 def first_retractions_sql(where: str) -> str:
@@ -426,12 +472,12 @@ def _totals(rb: Rulebook) -> list[Stage]:
             FROM groups g JOIN {rule_caps_sql(rb)} rc ON rc.rule_no = g.rule_no
             GROUP BY g.sid, rc.context""",
         ),
+        # A table, so that ``groups`` (larger) can be dropped once it is built; kept by the
+        # rule's number, an integer, so that it holds less memory until the snapshot is written.
         Stage(
             "caps",
-            f"""SELECT g.sid, rc.rule_id, g.cap_year, g.total, CAST(g.records AS BIGINT) AS records
-            FROM groups g JOIN {rule_caps_sql(rb)} rc ON rc.rule_no = g.rule_no
-            WHERE g.cap_year IS NOT NULL""",
-            view=True,
+            """SELECT sid, rule_no, cap_year, total, records FROM groups
+            WHERE cap_year IS NOT NULL""",
         ),
     ]
 

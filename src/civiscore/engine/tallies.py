@@ -205,28 +205,28 @@ def _points(
     # (why_not), so the condition only says so.
     cur.execute(
         f"""CREATE TEMP TABLE moves AS
-        SELECT sid, rule_id, context, cap, cap_year,
+        SELECT sid, rule_no, context, cap, cap_year,
                sum((now - was) * raw_points) AS d_total, CAST(sum(now - was) AS BIGINT) AS d_records
-        FROM (SELECT sid, rule_id, context, cap, raw_points,
+        FROM (SELECT sid, rule_no, context, cap, raw_points,
                      CASE WHEN cap IS NOT NULL THEN CAST(year(occurred_at) AS INTEGER) END
                          AS cap_year,
                      CASE WHEN row_id < {int(base_seen)} THEN {counts(T1, K1)} ELSE 0 END AS was,
                      {counts(T2, K2)} AS now
               FROM ({matched}) m) x
         WHERE now <> was
-        GROUP BY sid, rule_id, context, cap, cap_year"""
+        GROUP BY sid, rule_no, context, cap, cap_year"""
     )
     cur.execute(
-        "CREATE TEMP TABLE base_caps AS SELECT sid, rule_id, cap_year, total, records "
+        "CREATE TEMP TABLE base_caps AS SELECT sid, rule_no, cap_year, total, records "
         f"FROM {rows_sql('snapshot_caps', chain)} b WHERE {mine}"
     )
     cur.execute(
         f"""CREATE TEMP TABLE caps AS
-        SELECT sid, rule_id, cap_year,
+        SELECT sid, rule_no, cap_year,
                CAST(coalesce(b.total, 0) + coalesce(m.d_total, 0) AS {POINTS}) AS total,
-               CAST(coalesce(b.records, 0) + coalesce(m.d_records, 0) AS BIGINT) AS records
+               CAST(coalesce(b.records, 0) + coalesce(m.d_records, 0) AS INTEGER) AS records
         FROM base_caps b
-        FULL JOIN (SELECT * FROM moves WHERE cap IS NOT NULL) m USING (sid, rule_id, cap_year)
+        FULL JOIN (SELECT * FROM moves WHERE cap IS NOT NULL) m USING (sid, rule_no, cap_year)
         WHERE coalesce(b.records, 0) + coalesce(m.d_records, 0) > 0"""
     )
 
@@ -244,7 +244,7 @@ def _points(
                          {capped("coalesce(b.total, 0) + m.d_total")}
                          - {capped("coalesce(b.total, 0)")},
                          m.d_records
-                  FROM moves m LEFT JOIN base_caps b USING (sid, rule_id, cap_year)
+                  FROM moves m LEFT JOIN base_caps b USING (sid, rule_no, cap_year)
                   WHERE m.cap IS NOT NULL) u
             GROUP BY sid, context
         )

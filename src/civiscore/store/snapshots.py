@@ -30,8 +30,9 @@ SNAPSHOT_TABLES: dict[str, str] = {
     "snapshot_contexts": "sid, context, points, records",
     "snapshot_listings": "sid, listing, list, since, until, record_id, department, reference",
     # What a daily update needs besides the answers (civiscore.engine.tallies): per subject,
-    # capped rule and calendar year, the points and records still counting before the cap.
-    "snapshot_caps": "sid, rule_id, cap_year, total, records",
+    # capped rule (its place in the snapshot's rulebook version) and calendar year, the points
+    # and records still counting before the cap.
+    "snapshot_caps": "sid, rule_no, cap_year, total, records",
 }
 
 DELTAS = "snapshot_deltas"
@@ -58,10 +59,10 @@ CREATE TABLE IF NOT EXISTS {AFFECTED} (
 CREATE TABLE IF NOT EXISTS snapshot_caps (
     snapshot_id BIGINT NOT NULL,
     sid BIGINT NOT NULL,
-    rule_id VARCHAR NOT NULL,
+    rule_no INTEGER NOT NULL,
     cap_year INTEGER NOT NULL,
     total DECIMAL(18, 2) NOT NULL,
-    records BIGINT NOT NULL
+    records INTEGER NOT NULL
 );
 """
 
