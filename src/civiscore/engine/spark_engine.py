@@ -45,7 +45,7 @@ from sqlglot import exp
 
 from civiscore.engine.dialect import to_spark
 from civiscore.engine.duckdb_engine import _FRESH
-from civiscore.engine.plan import Stage, stages, tables_read
+from civiscore.engine.plan import Stage, stages
 from civiscore.rulebook.model import Rulebook
 
 __all__ = [
@@ -424,10 +424,10 @@ def worth_caching(plan: list[Stage]) -> set[str]:
     >>> sorted(worth_caching(stages(load(demo_rulebook_path()), when, when, None)))
     ['conduct_listings', 'decision_listings', 'groups', 'points', 'scores', 'withdrawn']
     """
-    reads = {stage.name: tables_read(stage.sql) for stage in plan}
+    reads = {stage.name: _tables(stage.sql) for stage in plan}
     snapshot: Counter[str] = Counter()
     for sql in SNAPSHOT_SQL.values():
-        snapshot.update(tables_read(sql))
+        snapshot.update(_tables(sql))
     runs: dict[str, int] = {}  # later stages: how many times each is computed
     cached: set[str] = set()
     for stage in reversed(plan):
@@ -437,6 +437,13 @@ def worth_caching(plan: list[Stage]) -> set[str]:
         if not stage.view and runs[stage.name] > 1:
             cached.add(stage.name)
     return cached
+
+
+def _tables(sql: str) -> Counter[str]:
+    """How many times a statement reads each table (a table named twice counts twice)."""
+    tree = sqlglot.parse_one(sql, read="duckdb")
+    ctes = {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
+    return Counter(t.name for t in tree.find_all(exp.Table) if t.name not in ctes)
 
 
 def _struct(schema: dict[str, DataType]) -> StructType:
