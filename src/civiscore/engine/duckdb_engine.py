@@ -243,7 +243,7 @@ class DuckDBEngine:
                         tallies.rescore(cur, rb, base, base_chain, base_seen, seen, at, known_at)
                         clock.lap("tallies")
                     else:
-                        _rescore(cur, rb, base, at, known_at, clock)
+                        _rescore(cur, rb, base, base_chain, at, known_at, affected, clock)
                     snapshot = _write_update(
                         cur, rb, base, base_chain, at, known_at, created, affected, seen, clock
                     )
@@ -273,19 +273,21 @@ def _rescore(
     cur: duckdb.DuckDBPyConnection,
     rb: Rulebook,
     base: Snapshot,
+    base_chain: Sequence[int],
     at: dt.datetime,
     known_at: dt.datetime,
+    affected: int,
     clock: _Stopwatch,
 ) -> None:
-    """Run the plan for the subjects in ``affected`` over all of their records that can still
-    matter: the stages the new snapshot is written from, and ``carried``."""
+    """Run the plan for the ``affected`` subjects (in the table of that name) over all of their
+    records that can still matter: the stages the new snapshot is written from, and
+    ``carried``."""
     # The plan reads the table ``records``; on this cursor a temporary table of that name (the
     # temporary schema is searched first) holds only the affected subjects' records, found
     # through the locator. The population plan over it is the plan for that set of subjects
     # (``stages(..., sid=[...])``) without an SQL IN list of every sid, which DuckDB binds
     # slowly when it is long (see "Incremental scoring" in docs/benchmarks.md).
     store_records = _store_records(cur)
-    affected = int(cur.execute("SELECT count(*) FROM affected").fetchall()[0][0])
     located = (
         locator.subjects_records_sql(cur, store_records, "affected")
         if affected <= _LOCATE_AT_MOST
@@ -304,7 +306,6 @@ def _rescore(
         )
     cur.execute(f"CREATE TEMP TABLE records AS {their}")
     clock.lap("their records")
-    base_chain = snapshots.chain(cur, base.snapshot_id)
     members = ", ".join(str(m) for m in base_chain)
     cur.execute(
         "CREATE TEMP TABLE carried AS SELECT DISTINCT sid FROM snapshot_scores "

@@ -9,10 +9,12 @@ Stages (each a table built from the previous ones):
 
 ``withdrawn``  records retracted by a later record known by K (same department and subject)
 ``live``       records known by K, occurred by T, not retractions themselves, not withdrawn
+``decision_listings`` / ``conduct_listings``   listing instances active at T
 ``matched``    live records joined to the rule (and dated value) in force when they occurred
 ``points``     matched records still counting at T, with merit caps applied per calendar year;
-               for many subjects, only their totals per context
-``decision_listings`` / ``conduct_listings``   listing instances active at T
+               for many subjects, only their totals per context (with ``groups``, the sums
+               per subject, rule and cap year, and ``caps``, the capped ones, kept by a
+               snapshot for daily updates)
 ``scores``     base + points per subject, the band, and the grave-sanction cap
 ``benefits``   redlists triggered by the (capped) band, suppressed by any grave sanction
 """

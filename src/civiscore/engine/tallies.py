@@ -271,10 +271,9 @@ def _listings(
     plan for those with a changed record of a listing's kind, the base's for the others."""
     K2 = sql_timestamp(known_at)
     kinds = listing_kinds(rb)
-    names = ", ".join("'" + k.replace("'", "''") + "'" for k in sorted(kinds)) or "NULL"
     cur.execute(
         "CREATE TEMP TABLE relisted AS SELECT DISTINCT sid FROM changed "
-        f"WHERE retracts IS NULL AND kind IN ({names})"
+        f"WHERE retracts IS NULL AND kind IN ({kind_records.names_sql(kinds)})"
     )
     kind_records.bring_to(cur, kinds, seen)
     # Their records of those kinds, less any withdrawn by K2, shadow the store's table for the

@@ -34,14 +34,15 @@ COLUMNS = (
 )
 
 
-def _names(kinds: Collection[str]) -> str:
+def names_sql(kinds: Collection[str]) -> str:
+    """The kinds as an SQL list of string literals (NULL for none)."""
     return ", ".join("'" + k.replace("'", "''") + "'" for k in sorted(kinds)) or "NULL"
 
 
 def _rows(kinds: Collection[str], lo: int, hi: int) -> str:
     return f"""SELECT rowid AS row_id, {COLUMNS} FROM records
         WHERE rowid >= {int(lo)} AND rowid < {int(hi)} AND retracts IS NULL
-          AND kind IN ({_names(kinds)})
+          AND kind IN ({names_sql(kinds)})
         ORDER BY sid, row_id"""
 
 
@@ -95,5 +96,5 @@ def subjects_sql(kinds: Collection[str], subjects: str, upto: int) -> str:
     """A SELECT of the held records of ``kinds`` of the subjects in relation ``subjects``
     below rowid ``upto``, with ``row_id`` first and the columns of ``records`` the plan reads."""
     return f"""SELECT row_id, {COLUMNS} FROM {TABLE}
-        WHERE row_id < {int(upto)} AND kind IN ({_names(kinds)})
+        WHERE row_id < {int(upto)} AND kind IN ({names_sql(kinds)})
           AND sid IN (SELECT sid FROM {subjects})"""

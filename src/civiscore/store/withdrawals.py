@@ -19,10 +19,12 @@ Two tables keep the answer for the records below a watermark (``meta`` key
 
 Unlike the locator, rows above the watermark cannot be read as a tail here: a retraction among
 them may withdraw any older record. So :func:`plan_tables` offers the tables only when they
-cover every record, and the plan otherwise runs its own stages. Their only reader is a full
-score, which folds the new records first (:func:`fold_new`); storing records does not, because
-after one new record the fold took 0.08-0.1 s at Beijing's size, on the path by which a
-submission reaches the decisions served.
+cover every record, and the plan otherwise runs its own stages. Their readers, a full score and
+a daily update (:mod:`civiscore.engine.tallies`, which also reads each withdrawn row's kind,
+occurrence, quantity and receipt from ``withdrawn_rows``), fold the new records first
+(:func:`fold_new`), and ingest folds after each department's file. A submission through the
+service does not, because after one new record the fold took 0.08-0.1 s at Beijing's size, on
+the path by which a submission reaches the decisions served.
 """
 
 from __future__ import annotations
