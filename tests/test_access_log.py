@@ -92,3 +92,27 @@ def test_moving_empties_the_packed_table_in_slices(tmp_path: Path) -> None:
         assert session.scalar(select(func.count()).select_from(AccessBatch)) == 0
         assert len(access.of_subject(session, SUBJECTS[0], 10_000, 0)) == n
     engine.dispose()
+
+
+def test_a_move_between_the_two_reads_is_not_seen_twice(tmp_path: Path) -> None:
+    """The recorder moves packed rows while a subject reads their log: a move committed between
+    the read of the packed rows and the read of the index must not show its accesses twice."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'ops.db'}")
+    migrate.upgrade(engine)
+    writer = AccessWriter()
+    n = access.PACK_FROM
+    with engine.begin() as conn:
+        denied = Accesses(T0, "rail", "high_speed_rail", [SUBJECTS[0]] * n, [False] * n, [None] * n)
+        writer.write(conn, denied)
+    read_packed = access._pending
+
+    def then_move(session: Session, subject: str) -> tuple[list[AccessRow], list[int]]:
+        found = read_packed(session, subject)
+        with engine.begin() as conn:  # the recorder, on its own connection
+            writer.move_slice(conn)
+        return found
+
+    with Session(engine) as session, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(access, "_pending", then_move)
+        assert len(access.of_subject(session, SUBJECTS[0], 10_000, 0)) == n
+    engine.dispose()

@@ -145,9 +145,16 @@ class AccessWriter:
 
 def pending(session: Session, subject: str) -> list[AccessRow]:
     """A subject's accesses still packed in ``access_batches``."""
+    return _pending(session, subject)[0]
+
+
+def _pending(session: Session, subject: str) -> tuple[list[AccessRow], list[int]]:
+    """:func:`pending`, and the packed rows it read them from."""
     out: list[AccessRow] = []
-    rows = session.scalars(
-        select(AccessBatch).where(AccessBatch.subjects.contains(subject, autoescape=True))
+    rows = list(
+        session.scalars(
+            select(AccessBatch).where(AccessBatch.subjects.contains(subject, autoescape=True))
+        )
     )
     for b in rows:
         answers = json.loads(b.answers)
@@ -157,18 +164,38 @@ def pending(session: Session, subject: str) -> list[AccessRow]:
                 allowed, code = answers[ord(b.picks[at // W]) - _PICK0]
                 out.append(AccessRow(b.at, b.party, b.service, bool(allowed), code))
             at = b.subjects.find(subject, at + 1)
-    return out
+    return out, [b.id for b in rows]
+
+
+# Reads of the packed rows and of the index retried when a move came in between (see
+# :func:`_unmoved`); the recorder moves one slice at a time, so a retry rarely meets another.
+_TRIES = 20
+
+
+def _unmoved(session: Session, read: list[int]) -> bool:
+    """Whether the packed rows ``read`` are all still packed.
+
+    The recorder moves a packed row into ``access_log`` and deletes it in one transaction, but
+    two reads outside one snapshot (SQLite's driver starts none for a SELECT) can fall on either
+    side of it and see the same accesses twice. The packed rows read first all still there
+    after the read of ``access_log`` means none of them had been moved before it.
+    """
+    left = set(session.scalars(select(AccessBatch.id).where(AccessBatch.id.in_(read))))
+    return left == set(read)
 
 
 def of_subject(session: Session, subject: str, limit: int, offset: int) -> list[AccessRow]:
     """A subject's accesses, newest first (packed ones included)."""
-    waiting = pending(session, subject)
-    stored = session.execute(
-        select(Access.at, Access.party, Access.service, Access.allowed, Access.reason_code)
-        .where(Access.subject == subject)
-        .order_by(Access.at.desc(), Access.id.desc())
-        .limit(limit + offset + len(waiting))
-    ).all()
+    for _ in range(_TRIES):
+        waiting, read = _pending(session, subject)
+        stored = session.execute(
+            select(Access.at, Access.party, Access.service, Access.allowed, Access.reason_code)
+            .where(Access.subject == subject)
+            .order_by(Access.at.desc(), Access.id.desc())
+            .limit(limit + offset + len(waiting))
+        ).all()
+        if _unmoved(session, read):
+            break
     rows = [AccessRow(*r) for r in stored]
     # Packed accesses will get ids above every stored one: among equal times they are newer.
     merged = sorted(
@@ -182,13 +209,21 @@ def of_subject(session: Session, subject: str, limit: int, offset: int) -> list[
 
 def counts(session: Session) -> tuple[int, int]:
     """All accesses and the denied ones, packed ones included."""
-    checks = session.scalar(select(func.count()).select_from(Access)) or 0
-    denied = (
-        session.scalar(select(func.count()).select_from(Access).where(Access.allowed.is_(False)))
-        or 0
-    )
-    for b in session.scalars(select(AccessBatch)):
-        answers = json.loads(b.answers)
-        checks += b.size
-        denied += sum(b.picks.count(chr(_PICK0 + k)) for k, (a, _) in enumerate(answers) if not a)
+    for _ in range(_TRIES):
+        batches = list(session.scalars(select(AccessBatch)))
+        checks = session.scalar(select(func.count()).select_from(Access)) or 0
+        denied = (
+            session.scalar(
+                select(func.count()).select_from(Access).where(Access.allowed.is_(False))
+            )
+            or 0
+        )
+        for b in batches:
+            answers = json.loads(b.answers)
+            checks += b.size
+            denied += sum(
+                b.picks.count(chr(_PICK0 + k)) for k, (a, _) in enumerate(answers) if not a
+            )
+        if _unmoved(session, [b.id for b in batches]):
+            break
     return checks, denied
