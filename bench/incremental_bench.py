@@ -59,7 +59,7 @@ from civiscore.engine import tallies
 from civiscore.engine.duckdb_engine import build_stages
 from civiscore.engine.incremental import SNAPSHOT_TABLES, Update
 from civiscore.rulebook.model import Rulebook
-from civiscore.store import kind_records, snapshots, withdrawals
+from civiscore.store import kind_records, snapshots, timeline, withdrawals
 from civiscore.store.base import Snapshot
 from civiscore.synth.city import DEFAULT_END
 from civiscore.timeutil import sql_timestamp
@@ -202,10 +202,10 @@ def race(
 ) -> dict[str, Any]:
     """Update and full score, alternately; best of each, and the identity of the last pair.
 
-    ``folds_seconds`` is what folding the day's records into the withdrawals and kind tables
-    took before the first update (timed apart, so that every run starts from the same state).
-    Ingest folds the withdrawals after each department's file; here the day is added by SQL,
-    so it is done once for every department. It is reported beside the update and added to
+    ``folds_seconds`` is what folding the day's records into the withdrawals, time and kind
+    tables took before the first update (timed apart, so that every run starts from the same
+    state). Ingest folds the first two after each department's file; here the day is added by
+    SQL, so it is done once for every department. It is reported beside the update and added to
     it in ``ratio_with_folds``.
     """
     updates: list[float] = []
@@ -380,6 +380,11 @@ def main(argv: list[str] | None = None) -> int:
         kind_records.bring_to(con, tallies.listing_kinds(rb), records)
         kinds_seconds = time.perf_counter() - start
         console.print(f"kind_records table built in {kinds_seconds:.2f} s")
+        # Once per store: the records by occurrence, where each day's ending clocks are found.
+        start = time.perf_counter()
+        timeline.bring_to(con)
+        timeline_seconds = time.perf_counter() - start
+        console.print(f"records_by_time table built in {timeline_seconds:.2f} s")
 
         console.rule("(i) one day passes, no new records")
         passage = race(ws, rb, base, t2, k2, args.runs, "(i)")
@@ -399,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         # What each update would otherwise do on its first run only: fold the day's records.
         start = time.perf_counter()
         withdrawals.fold_new(con)
+        timeline.fold_new(con)
         kind_records.bring_to(
             con,
             tallies.listing_kinds(rb),
@@ -406,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         folds_seconds = time.perf_counter() - start
         console.print(
-            f"  folded the day into the withdrawals and kind tables in {folds_seconds:.2f} s"
+            f"  folded the day into the withdrawals, time and kind tables in {folds_seconds:.2f} s"
         )
         day = race(ws, rb, base, t2, k2, args.runs, "(ii)", folds_seconds)
     finally:
@@ -426,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
             "subjects": base.subjects,
             "seconds": base_seconds,
             "kind_records_build_seconds": kinds_seconds,
+            "records_by_time_build_seconds": timeline_seconds,
         },
         "passage_of_a_day": passage,
         "a_day_of_records": {"added": added, "add_seconds": add_seconds, **day},

@@ -23,7 +23,7 @@ from civiscore.ids import pseudonym, subject_type
 from civiscore.rulebook import registry
 from civiscore.rulebook.load import demo_rulebook_path
 from civiscore.rulebook.model import Duration
-from civiscore.store import snapshots
+from civiscore.store import snapshots, timeline
 from civiscore.store.base import BATCH_SCHEMA, Snapshot
 from civiscore.synth.city import write_city
 from civiscore.timeutil import now_local
@@ -195,6 +195,14 @@ def moments(draw: st.DrawFn, rows: list[dict[str, Any]]) -> dt.datetime:
     return anchor
 
 
+def records_seen(ws: Any) -> int:
+    return int(ws.store.con.execute("SELECT count(*) FROM records").fetchall()[0][0])
+
+
+def no_fold(con: duckdb.DuckDBPyConnection) -> None:
+    """In place of :func:`civiscore.store.timeline.bring_to`: leave the table as it is."""
+
+
 STEPS = [dt.timedelta(0), MICRO, dt.timedelta(hours=1), dt.timedelta(days=1), dt.timedelta(days=40)]
 
 
@@ -227,6 +235,10 @@ def test_incremental_snapshot_equals_full_score(
     # affected subjects' records.
     tally = draw(st.booleans())
     refuse = None if tally else (lambda *args: "asked not to")
+    # Today's ending clocks searched in the records by occurrence, kept up to date by each
+    # update ("folded"); made before the late buckets and never folded since, so those are
+    # read from above its watermark ("tail"); or never made, so the records are searched.
+    by_time = draw(st.sampled_from(["folded", "tail", "none"]))
     ws = _fresh(tmp_path_factory)
     try:
         _load(ws, [r for r in rows if r["bucket"] == 0], RECEIVED[0])
@@ -235,6 +247,8 @@ def test_incremental_snapshot_equals_full_score(
             for bucket in (1, 2):
                 _load(ws, [r for r in rows if r["bucket"] == bucket], RECEIVED[bucket])
 
+        if by_time == "tail":
+            timeline.bring_to(ws.store.con)
         if store_late_first:
             load_late()
         rb = ws.rulebook_at(ts[0])
@@ -249,8 +263,13 @@ def test_incremental_snapshot_equals_full_score(
                 patch.object(snapshots, "CONSOLIDATE_SHARE", share),
                 patch.object(duckdb_engine, "_LOCATE_AT_MOST", locate_at_most),
                 patch.object(tallies, "why_not", refuse or tallies.why_not),
+                patch.object(
+                    timeline, "bring_to", timeline.bring_to if by_time == "folded" else no_fold
+                ),
             ):
                 update = ws.engine.update(rb, previous, t, k, full_share=None)
+            if by_time == "none":
+                assert timeline.covered(con) is None
             assert update.full_reason is None
             if tally:
                 # Only records stored after the base but received by its K stop tallies.
@@ -327,14 +346,21 @@ CASES: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], str, str]] = 
 }
 
 
+@pytest.mark.parametrize("by_time", ["folded", "tail"])
 @pytest.mark.parametrize("stored", ["before the base", "after the base"])
 @pytest.mark.parametrize("case", list(CASES))
-def test_each_case_rescores_exactly_the_subject_it_touches(ws: Any, case: str, stored: str) -> None:
+def test_each_case_rescores_exactly_the_subject_it_touches(
+    ws: Any, case: str, stored: str, by_time: str
+) -> None:
     """Records received after K1 are found by ``received_at`` when they were stored before
-    the base was scored (asked about an earlier K), by the watermark when stored after."""
+    the base was scored (asked about an earlier K), by the watermark when stored after.
+    Ending clocks are found in the records by occurrence, or above the watermark of a table
+    made before any record was stored and never folded since."""
     known, arriving, t1_text, t2_text = CASES[case]
     bystander = {**_rec("B1", "tax.late_filing", "2023-01-10T08:00"), "subject_id": resident_id(9)}
     k1, k2 = RECEIVED[0], RECEIVED[1]
+    if by_time == "tail":
+        timeline.bring_to(ws.store.con)
     _load(ws, [*known, bystander], k1)
     if stored == "before the base":
         _load(ws, arriving, k2)
@@ -342,7 +368,10 @@ def test_each_case_rescores_exactly_the_subject_it_touches(ws: Any, case: str, s
     base = ws.score(t1, k1)
     if stored == "after the base":
         _load(ws, arriving, k2)
-    update = ws.score_incremental(t2, k2, full_share=None)
+    fold = timeline.bring_to if by_time == "folded" else no_fold
+    with patch.object(timeline, "bring_to", fold):
+        update = ws.score_incremental(t2, k2, full_share=None)
+    assert timeline.covered(ws.store.con) == (0 if by_time == "tail" else records_seen(ws))
     assert (update.base_snapshot_id, update.affected_subjects) == (base.snapshot_id, 1)
     con = ws.store.con
     assert rows_of(con, update.snapshot.snapshot_id) != rows_of(con, base.snapshot_id)

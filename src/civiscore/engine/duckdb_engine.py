@@ -27,7 +27,7 @@ from civiscore.engine.incremental import (
 from civiscore.engine.plan import spent_after, stages, tables_read
 from civiscore.rulebook.load import refuse_simulation_only
 from civiscore.rulebook.model import Rulebook
-from civiscore.store import firsts, locator, snapshots, withdrawals
+from civiscore.store import firsts, locator, snapshots, timeline, withdrawals
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
 from civiscore.timeutil import now_local
@@ -223,17 +223,24 @@ class DuckDBEngine:
             # record counted.
             withdrawals.fold_new(self.store.con)
             clock.lap("fold withdrawals")
+            # Records by occurrence, where today's ending clocks are found (made on the first
+            # update of a store; after that, ingest keeps it current).
+            timeline.bring_to(self.store.con)
+            clock.lap("fold timeline")
             cur = self.store.con.cursor()
             try:
                 seen = records_seen(cur)  # before anything reads the records
+                by_time = timeline.covered(cur)
                 base_seen = lineage_records_seen(cur, base.snapshot_id)
                 base_chain = snapshots.chain(cur, base.snapshot_id)
                 not_tallies = tallies.why_not(cur, base, base_chain, base_seen, seen)
                 if not_tallies is None:
                     assert base_seen is not None
-                    affected = tallies.find_changes(cur, rb, base, base_seen, seen, at, known_at)
+                    affected = tallies.find_changes(
+                        cur, rb, base, base_seen, seen, at, known_at, by_time
+                    )
                 else:
-                    affected = _affected(cur, rb, base, at, known_at)
+                    affected = _affected(cur, rb, base, at, known_at, by_time)
                 clock.lap("affected subjects")
                 reason = too_many(affected, base, full_share)
                 if reason is None:
@@ -260,10 +267,13 @@ def _affected(
     base: Snapshot,
     at: dt.datetime,
     known_at: dt.datetime,
+    by_time: int | None,
 ) -> int:
     """Create the temporary table ``affected`` on ``cur``; returns how many subjects it holds."""
     seen = lineage_records_seen(cur, base.snapshot_id)
-    cur.execute("CREATE TEMP TABLE affected AS " + affected_sql(rb, base, seen, at, known_at))
+    cur.execute(
+        "CREATE TEMP TABLE affected AS " + affected_sql(rb, base, seen, at, known_at, by_time)
+    )
     row = first_row(cur, "SELECT count(*) FROM affected")
     assert row is not None
     return int(row[0])
@@ -342,23 +352,22 @@ def _write_update(
             if link is None:
                 cur.execute(copy_unaffected_sql(table, snapshot_id, base_chain))
                 clock.lap("copy unaffected rows")
-            cur.execute(
-                f"INSERT INTO {table} SELECT * FROM ({sql}) "
-                "WHERE sid IN (SELECT sid FROM affected)",
-                {"id": snapshot_id},
-            )
+            # The stages hold the affected subjects' rows only: both ways of rescoring read
+            # nothing of anyone else (the property tests would see their rows twice).
+            cur.execute(f"INSERT INTO {table} {sql}", {"id": snapshot_id})
             clock.lap("write fresh rows")
         if link is None:
             count = None
         else:
             snapshots.record_delta(cur, snapshot_id, link, "affected")
-            fresh = f"SELECT sid FROM snapshot_scores WHERE snapshot_id = {snapshot_id}"
-            row = first_row(cur, f"SELECT count(*) FROM ({fresh})")
-            # ``carried`` holds the affected subjects already in the base's population.
-            again = first_row(cur, f"SELECT count(*) FROM ({fresh}) WHERE sid IN (FROM carried)")
-            assert row is not None and again is not None
-            # Subjects never leave the population: the base's, plus the new ones.
-            count = base.subjects + int(row[0]) - int(again[0])
+            # Subjects never leave the population: the base's, plus the new ones. ``scores``
+            # holds the affected subjects' population, which includes ``carried``, those of
+            # them already in the base's.
+            row = first_row(
+                cur, "SELECT (SELECT count(*) FROM scores) - (SELECT count(*) FROM carried)"
+            )
+            assert row is not None
+            count = base.subjects + int(row[0])
         clock.lap("count subjects")
         count = _write_snapshot(cur, snapshot_id, rb, at, known_at, created, count)
         record_lineage(cur, snapshot_id, base.snapshot_id, affected, seen)

@@ -103,6 +103,7 @@ from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import first_row
 from civiscore.store.snapshots import SNAPSHOT_TABLES as SNAPSHOT_TABLES
 from civiscore.store.snapshots import rows_sql
+from civiscore.store.timeline import relation_sql as timeline_sql
 from civiscore.timeutil import iso_local, sql_timestamp
 
 LINEAGE = "snapshot_lineage"
@@ -285,12 +286,20 @@ def clocks(rb: Rulebook) -> list[tuple[str, Duration]]:
 
 
 def _clock_ends_sql(
-    rb: Rulebook, T1: dt.datetime, T2: dt.datetime, K2: str, columns: str, bound: str
+    rb: Rulebook,
+    T1: dt.datetime,
+    T2: dt.datetime,
+    K2: str,
+    columns: str,
+    bound: str,
+    timeline: int | None,
 ) -> list[str]:
-    """One query per distinct duration: records whose clock ends in (T1, T2]."""
+    """One query per distinct duration: records whose clock ends in (T1, T2]. ``timeline``:
+    the rows :mod:`civiscore.store.timeline` covers, searched there (None: no such table)."""
     by_duration: dict[tuple[int, int], list[str]] = {}
     for kind, d in clocks(rb):
         by_duration.setdefault((d.months, d.days), []).append(kind)
+    by_time = timeline_sql(timeline)
     parts = []
     for (months, days), kinds in sorted(by_duration.items()):
         lo, hi = shift_days(months, days)
@@ -302,7 +311,7 @@ def _clock_ends_sql(
         end = f"occurred_at + {interval(Duration(months=months, days=days, text=''))}"
         names = ", ".join("'" + k.replace("'", "''") + "'" for k in kinds)
         parts.append(
-            f"""SELECT {columns} FROM records
+            f"""SELECT {columns} FROM {by_time}
             WHERE occurred_at > {since} AND occurred_at <= {until} AND retracts IS NULL
               AND kind IN ({names}) AND received_at <= {K2}{bound}
               AND {end} > {sql_timestamp(T1)} AND {end} <= {sql_timestamp(T2)}"""
@@ -318,11 +327,14 @@ def changes_sql(
     known_at: dt.datetime,
     columns: str = "sid",
     upto: int | None = None,
+    timeline: int | None = None,
 ) -> list[str]:
     """SELECTs of ``columns`` of the records behind cases (a)-(d): each subject with one is
     affected, and no other record's contribution can differ between ``base`` and (at, known_at).
 
     ``upto`` keeps only the records below that rowid (those an update has counted).
+    ``timeline`` is how many rows the store's table of records by occurrence covers
+    (:func:`civiscore.store.timeline.covered`); the searches by occurrence read it.
     """
     T1, T2 = sql_timestamp(base.at), sql_timestamp(at)
     K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
@@ -341,7 +353,7 @@ def changes_sql(
             f"AND received_at <= {K2}{bound}"
         )
     # (b), (c) a validity window or a listing runs out.
-    parts += _clock_ends_sql(rb, base.at, at, K2, columns, bound)
+    parts += _clock_ends_sql(rb, base.at, at, K2, columns, bound, timeline)
     return parts
 
 
@@ -351,9 +363,10 @@ def affected_sql(
     records_seen: int | None,
     at: dt.datetime,
     known_at: dt.datetime,
+    timeline: int | None = None,
 ) -> str:
     """The subjects whose rows may differ between ``base`` and (at, known_at): cases (a)-(d)."""
-    parts = changes_sql(rb, base, records_seen, at, known_at)
+    parts = changes_sql(rb, base, records_seen, at, known_at, timeline=timeline)
     return "SELECT DISTINCT sid FROM (\n" + "\nUNION ALL\n".join(parts) + "\n) a"
 
 

@@ -123,11 +123,14 @@ def find_changes(
     seen: int,
     at: dt.datetime,
     known_at: dt.datetime,
+    timeline: int | None = None,
 ) -> int:
     """Create the temporary tables ``changed`` (the records whose contribution may differ, with
-    their rowids) and ``affected`` (their subjects); returns how many subjects."""
+    their rowids) and ``affected`` (their subjects); returns how many subjects.
+
+    ``timeline``: how many rows the store's records by occurrence cover (None: none)."""
     K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
-    parts = changes_sql(rb, base, base_seen, at, known_at, _COLUMNS, seen)
+    parts = changes_sql(rb, base, base_seen, at, known_at, _COLUMNS, seen, timeline)
     # Records withdrawn since the base, whenever they were stored: the withdrawals tables keep
     # what is needed of them (they lie all over the table; fetching them would read it all).
     parts.append(

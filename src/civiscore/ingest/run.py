@@ -38,7 +38,7 @@ from civiscore.ingest.validate import (
     rejects_sql,
 )
 from civiscore.rulebook.model import Rulebook
-from civiscore.store import withdrawals
+from civiscore.store import timeline, withdrawals
 from civiscore.store.duckdb_store import DuckDBStore
 from civiscore.timeutil import now_local
 
@@ -135,7 +135,9 @@ def ingest_file(
     # A department's file is the day's batch: the records its retractions withdraw are found
     # now, by a scan of that department's rows, so a daily update need not find them. (A
     # submission through the service does not wait for this; the next score folds it.)
+    # Likewise the records by occurrence, once a daily update has made that table.
     withdrawals.fold_new(con)
+    timeline.fold_new(con)
     if summary.rejected:
         os.replace(partial, out)
         summary.rejects_file = str(out)
