@@ -129,3 +129,23 @@ def test_a_store_without_a_locator_is_scanned(tmp_path: Any) -> None:
         assert locator.subjects_records_sql(store.con, "records", [1]) is None
     finally:
         store.close()
+
+
+def test_a_locator_from_before_the_keys_is_rebuilt_with_them() -> None:
+    """A locator without each record's key is dropped when the store is opened, and the next
+    transaction that stores records indexes every record again, with its key."""
+    store = DuckDBStore.memory()
+    try:
+        store.write_batch("transport", _batch(0, [1, 2, 1]), RECEIVED)
+        store.con.execute(f"ALTER TABLE {locator.TABLE} DROP COLUMN key")
+        locator.ensure(store.con)  # as opening the store does
+        assert locator.covered(store.con) == 0
+        store.write_batch("transport", _batch(3, [4]), RECEIVED)
+        assert locator.covered(store.con) == 4
+        entries = store.con.execute(
+            f"SELECT l.sid, l.row_id FROM {locator.TABLE} l JOIN records r ON r.rowid = l.row_id "
+            f"WHERE l.key = {locator.key_sql('r.department', 'r.record_id')} AND l.sid = r.sid"
+        ).fetchall()
+        assert sorted(entries) == [(1, 0), (1, 2), (2, 1), (3, 3)]  # p4 is the third subject
+    finally:
+        store.close()

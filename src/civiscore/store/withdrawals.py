@@ -38,9 +38,9 @@ TABLE = "withdrawals"
 ROWS = "withdrawn_rows"
 _UPTO = "withdrawals_upto"
 
-# Up to this many subjects with a newly retracted record, their older records are found through
-# the locator; beyond it, by one scan of the subject column.
-_LOCATE_AT_MOST = 2_000
+# Up to this many records that freshly retracted keys may name (by the locator's hashes), they
+# are read by rowid; beyond it (a backfill of corrections), by one scan of their departments.
+_LITERAL_ROWS = 10_000
 
 _KEY = "department, record_id, sid"
 # What a daily update needs of a record withdrawn since its base, kept so it need not fetch the
@@ -162,19 +162,20 @@ def _merge(con: duckdb.DuckDBPyConnection, upto: int) -> None:
 
 def _older_records(con: duckdb.DuckDBPyConnection, upto: int) -> str:
     """A SELECT of (row_id, department, record_id, sid, and the columns a daily update
-    needs) of the records below ``upto`` whose
-    subjects have a freshly retracted key: through the locator when they are few."""
-    fresh = int(con.execute("SELECT count(DISTINCT sid) FROM withdrawals_fresh").fetchall()[0][0])
+    needs) of the records below ``upto`` that a freshly retracted key may name (the caller
+    joins on the key): found by the locator's hashes of their ids, else by a scan."""
+    fresh = int(con.execute("SELECT count(*) FROM withdrawals_fresh").fetchall()[0][0])
     if fresh == 0:
         return f"SELECT row_id, {_KEY}, {_ROW_COLUMNS} FROM {ROWS} WHERE false"
-    if fresh <= _LOCATE_AT_MOST:
-        found = locator.subjects_records_sql(
-            con, "records", "(SELECT DISTINCT sid FROM withdrawals_fresh)", with_rowid=True
-        )
-        if found is not None:
-            return (
-                f"SELECT row_id, {_KEY}, {_ROW_COLUMNS} FROM ({found}) x WHERE row_id < {int(upto)}"
-            )
+    keyed = locator.keyed_sql(con, "withdrawals_fresh")
+    if keyed is not None:
+        rowids = [int(r[0]) for r in con.execute(keyed).fetchall()]
+        if len(rowids) <= _LITERAL_ROWS:
+            # Constant rowids: DuckDB reads only the row groups that hold them (a join would
+            # push only their range, all of the table for keys from all over it).
+            listed = ", ".join(str(r) for r in rowids) or "NULL"
+            return f"""SELECT rowid AS row_id, {_KEY}, {_ROW_COLUMNS} FROM records
+                WHERE rowid IN ({listed}) AND rowid < {int(upto)}"""
     # Departments are stored file by file, so other departments' row groups are skipped by zone
     # map: the departments are written as constants, which DuckDB tests against the zone maps
     # (a subquery it does not).
