@@ -5,8 +5,11 @@ listing is not a sum: whether a subject is listed at T depends on all of its dec
 settlements and its conduct within a window. For the few subjects whose listings can have
 changed, the update reruns the plan's listing stages over their records of the kinds listings
 read. At Beijing's size those subjects' records lie all over the 209-million-row table; this
-table holds just the records of those kinds (a few percent of all), sorted by subject within
-each fold, with their ``rowid`` (``row_id``).
+table holds just the records of those kinds (a few percent of all), with their ``rowid``
+(``row_id``), sorted by kind and occurrence within each fold. A day relists thousands of
+subjects spread over every row group, so sorting by subject would skip none; sorted by
+occurrence, the records past their kind's horizon (most conduct records) are skipped by zone
+map. At Beijing's size that halved the read (0.12 to 0.06 s for a day of records).
 
 Which kinds is up to the caller: the table remembers the set it holds (``meta`` key
 ``kind_records_kinds``) and is rebuilt, by one scan of ``records``, when asked for a kind it
@@ -43,7 +46,7 @@ def _rows(kinds: Collection[str], lo: int, hi: int) -> str:
     return f"""SELECT rowid AS row_id, {COLUMNS} FROM records
         WHERE rowid >= {int(lo)} AND rowid < {int(hi)} AND retracts IS NULL
           AND kind IN ({names_sql(kinds)})
-        ORDER BY sid, row_id"""
+        ORDER BY kind, occurred_at"""
 
 
 def held(con: duckdb.DuckDBPyConnection) -> tuple[frozenset[str], int] | None:
