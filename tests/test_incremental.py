@@ -764,6 +764,18 @@ def test_cli_incremental_brings_the_latest_snapshot_forward(cli_home: Path) -> N
     )
 
 
+def test_cli_says_when_a_stores_first_update_sorts_its_records(cli_home: Path) -> None:
+    """The first update of a store builds its records by occurrence (about 50 s at Beijing's
+    size): said once, on stderr; not before there is a snapshot to bring forward."""
+    note = "first daily update also sorts its records by occurrence, once"
+    scored = ok(invoke(cli_home, "score", "--incremental", "--at", "2025-06-01"))
+    assert note not in flat(scored.stderr)  # no snapshot yet: everyone is scored
+    first = ok(invoke(cli_home, "score", "--incremental", "--at", "2025-06-02"))
+    assert note in flat(first.stderr)
+    again = ok(invoke(cli_home, "score", "--incremental", "--at", "2025-06-03"))
+    assert note not in flat(again.stderr)
+
+
 def test_cli_incremental_after_a_rulebook_change_scores_everyone_and_says_so(
     cli_home: Path, tmp_path: Path
 ) -> None:

@@ -40,6 +40,7 @@ from civiscore.ingest.run import IngestSummary
 from civiscore.rights.explain import Explanation
 from civiscore.rulebook.load import RulebookError, load
 from civiscore.rulebook.registry import NoRulebookInForce
+from civiscore.store import timeline
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import StoreMissing
 from civiscore.timeutil import BadMoment, iso_local, now_local, parse_moment
@@ -376,6 +377,18 @@ def score(
         fail("--master and --parquet are for --engine spark")
     with _workspace() as ws, _errors():
         t, k = _moments(at, known_at)
+        first_update = (
+            incremental
+            and timeline.covered(ws.store.con) is None
+            and ws.store.latest_snapshot() is not None
+        )
+        if first_update and not json_out:
+            # The first update of a store sorts every record by occurrence (about 50 s at 200
+            # million records); say so rather than leave a long wait unexplained.
+            err.print(
+                "this store's first daily update also sorts its records by occurrence, once",
+                highlight=False,
+            )
         with err.status("scoring the population", spinner="dots") if not json_out else _null():
             if incremental:
                 update = ws.score_incremental(t, k)

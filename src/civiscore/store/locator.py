@@ -50,16 +50,7 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
     A locator from before it kept each record's ``key`` is dropped; it is derived, and the
     next transaction that stores records rebuilds it from every record.
     """
-    columns = {
-        str(r[0])
-        for r in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' "
-            f"AND table_name = '{TABLE}'"
-        ).fetchall()
-    }
-    if columns and "key" not in columns:
-        con.execute(f"DROP TABLE {TABLE}")
-        con.execute("DELETE FROM meta WHERE key = ?", [_UPTO])
+    watermark.drop_if_lacking(con, TABLE, _UPTO, "key")
     con.execute(
         f"CREATE TABLE IF NOT EXISTS {TABLE} "
         "(sid BIGINT NOT NULL, row_id BIGINT NOT NULL, key UINTEGER NOT NULL)"

@@ -48,3 +48,23 @@ def extend(
     except BaseException:
         con.execute("ROLLBACK")
         raise
+
+
+def drop_if_lacking(
+    con: duckdb.DuckDBPyConnection, table: str, key: str, column: str, *also: str
+) -> None:
+    """Drop ``table`` (and the tables ``also``) and forget its watermark when it exists without
+    ``column``: a derived table from an older civiscore, rebuilt from every record by its next
+    fold once its owner creates it again."""
+    columns = {
+        str(r[0])
+        for r in con.execute(
+            "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' "
+            "AND table_name = ?",
+            [table],
+        ).fetchall()
+    }
+    if columns and column not in columns:
+        for name in (table, *also):
+            con.execute(f"DROP TABLE IF EXISTS {name}")
+        con.execute("DELETE FROM meta WHERE key = ?", [key])

@@ -54,16 +54,7 @@ def ensure(con: duckdb.DuckDBPyConnection) -> None:
     Tables from before ``withdrawn_rows`` carried the rows' content are dropped: they are
     derived, and the next fold rebuilds them from every record.
     """
-    columns = {
-        str(r[0])
-        for r in con.execute(
-            "SELECT column_name FROM duckdb_columns() WHERE schema_name = 'main' "
-            f"AND table_name = '{ROWS}'"
-        ).fetchall()
-    }
-    if columns and "kind" not in columns:
-        con.execute(f"DROP TABLE {ROWS}; DROP TABLE IF EXISTS {TABLE}")
-        con.execute("DELETE FROM meta WHERE key = ?", [_UPTO])
+    watermark.drop_if_lacking(con, ROWS, _UPTO, "kind", TABLE)
     con.execute(
         f"""CREATE TABLE IF NOT EXISTS {TABLE} (
             department VARCHAR NOT NULL,
