@@ -57,7 +57,7 @@ from score_bench import city, configure, ingest, machine
 
 from civiscore.engine import tallies
 from civiscore.engine.duckdb_engine import build_stages
-from civiscore.engine.incremental import SNAPSHOT_TABLES, Update
+from civiscore.engine.incremental import SNAPSHOT_TABLES, Update, timeline_since
 from civiscore.rulebook.model import Rulebook
 from civiscore.store import kind_records, locator, snapshots, timeline, withdrawals
 from civiscore.store.base import Snapshot
@@ -388,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"locator brought up to date in {locator_seconds:.2f} s")
         # Once per store: the records by occurrence, where each day's ending clocks are found.
         start = time.perf_counter()
-        timeline.bring_to(con)
+        timeline.bring_to(con, timeline_since(rb, base.at))
         timeline_seconds = time.perf_counter() - start
         console.print(f"records_by_time table built in {timeline_seconds:.2f} s")
 

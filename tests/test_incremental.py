@@ -199,7 +199,7 @@ def records_seen(ws: Any) -> int:
     return int(ws.store.con.execute("SELECT count(*) FROM records").fetchall()[0][0])
 
 
-def no_fold(con: duckdb.DuckDBPyConnection) -> None:
+def no_fold(con: duckdb.DuckDBPyConnection, since: dt.datetime) -> None:
     """In place of :func:`civiscore.store.timeline.bring_to`: leave the table as it is."""
 
 
@@ -237,8 +237,10 @@ def test_incremental_snapshot_equals_full_score(
     refuse = None if tally else (lambda *args: "asked not to")
     # Today's ending clocks searched in the records by occurrence, kept up to date by each
     # update ("folded"); made before the late buckets and never folded since, so those are
-    # read from above its watermark ("tail"); or never made, so the records are searched.
+    # read from above its watermark ("tail", from any moment on: a search that reaches before
+    # the table reads the records); or never made, so the records are searched.
     by_time = draw(st.sampled_from(["folded", "tail", "none"]))
+    kept_after = draw(st.sampled_from([dt.datetime.min, focus]))
     ws = _fresh(tmp_path_factory)
     try:
         _load(ws, [r for r in rows if r["bucket"] == 0], RECEIVED[0])
@@ -248,7 +250,7 @@ def test_incremental_snapshot_equals_full_score(
                 _load(ws, [r for r in rows if r["bucket"] == bucket], RECEIVED[bucket])
 
         if by_time == "tail":
-            timeline.bring_to(ws.store.con)
+            timeline.bring_to(ws.store.con, kept_after)
         if store_late_first:
             load_late()
         rb = ws.rulebook_at(ts[0])
@@ -346,7 +348,7 @@ CASES: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]], str, str]] = 
 }
 
 
-@pytest.mark.parametrize("by_time", ["folded", "tail"])
+@pytest.mark.parametrize("by_time", ["folded", "tail", "short"])
 @pytest.mark.parametrize("stored", ["before the base", "after the base"])
 @pytest.mark.parametrize("case", list(CASES))
 def test_each_case_rescores_exactly_the_subject_it_touches(
@@ -354,24 +356,29 @@ def test_each_case_rescores_exactly_the_subject_it_touches(
 ) -> None:
     """Records received after K1 are found by ``received_at`` when they were stored before
     the base was scored (asked about an earlier K), by the watermark when stored after.
-    Ending clocks are found in the records by occurrence, or above the watermark of a table
-    made before any record was stored and never folded since."""
+    Ending clocks are found in the records by occurrence; above the watermark of a table
+    made before any record was stored and never folded since ("tail"); or, for a table that
+    keeps only records later than any here ("short"), in the records themselves."""
     known, arriving, t1_text, t2_text = CASES[case]
     bystander = {**_rec("B1", "tax.late_filing", "2023-01-10T08:00"), "subject_id": resident_id(9)}
     k1, k2 = RECEIVED[0], RECEIVED[1]
     if by_time == "tail":
-        timeline.bring_to(ws.store.con)
+        timeline.bring_to(ws.store.con, dt.datetime.min)
     _load(ws, [*known, bystander], k1)
+    if by_time == "short":
+        timeline.bring_to(ws.store.con, dt.datetime(2030, 1, 1))  # covers them, keeps none
     if stored == "before the base":
         _load(ws, arriving, k2)
     t1, t2 = (dt.datetime.fromisoformat(t) + dt.timedelta(hours=12) for t in (t1_text, t2_text))
     base = ws.score(t1, k1)
     if stored == "after the base":
         _load(ws, arriving, k2)
-    fold = timeline.bring_to if by_time == "folded" else no_fold
+    fold = no_fold if by_time == "tail" else timeline.bring_to
     with patch.object(timeline, "bring_to", fold):
         update = ws.score_incremental(t2, k2, full_share=None)
-    assert timeline.covered(ws.store.con) == (0 if by_time == "tail" else records_seen(ws))
+    coverage = timeline.covered(ws.store.con)
+    assert coverage is not None
+    assert coverage.upto == (0 if by_time == "tail" else records_seen(ws))
     assert (update.base_snapshot_id, update.affected_subjects) == (base.snapshot_id, 1)
     con = ws.store.con
     assert rows_of(con, update.snapshot.snapshot_id) != rows_of(con, base.snapshot_id)

@@ -45,7 +45,7 @@ def _through(store: DuckDBStore, since: dt.datetime) -> list[object]:
     """What a search by occurrence finds through the table (and the tail above it); as the
     searches of :mod:`civiscore.engine.incremental` do, it asks for no retraction, for when
     there is no table and the relation is ``records`` itself."""
-    relation = timeline.relation_sql(timeline.covered(store.con))
+    relation = timeline.relation_sql(timeline.covered(store.con), since)
     return sorted(
         store.con.execute(
             f"SELECT {_COLUMNS} FROM {relation} WHERE occurred_at > ? AND retracts IS NULL",
@@ -70,27 +70,36 @@ def _direct(store: DuckDBStore, since: dt.datetime) -> list[object]:
     made_after=st.integers(0, 3),
     folded=st.lists(st.booleans(), min_size=4, max_size=4),
     since=st.integers(-1, 800),
+    kept_after=st.integers(-1, 800),
 )
 def test_a_search_by_occurrence_finds_what_a_scan_of_the_records_finds(
     batches: list[list[tuple[int, int, bool]]],
     made_after: int,
     folded: list[bool],
     since: int,
+    kept_after: int,
 ) -> None:
-    """Made after any batch, folded after some of the later ones: the table and the tail
-    above its watermark hold each non-retraction once, and each fold is in order of
+    """Made after any batch with the records that occurred after any moment, folded after some
+    of the later ones: a search after any moment finds what a scan of the records finds (the
+    table and the tail above its watermark hold each such non-retraction once, or the search
+    reaches before the table and reads the records), and each fold is in order of
     occurrence."""
     store = DuckDBStore.memory()
     try:
         for batch, rows in enumerate(batches):
             _store(store, rows, batch)
             if batch == made_after:
-                timeline.bring_to(store.con)
+                timeline.bring_to(store.con, START + dt.timedelta(days=kept_after))
             elif folded[batch]:
                 timeline.fold_new(store.con)
             at = START + dt.timedelta(days=since)
             assert _through(store, at) == _direct(store, at)
-        if timeline.covered(store.con) is not None:
+        coverage = timeline.covered(store.con)
+        if coverage is not None:
+            older = store.con.execute(
+                f"SELECT count(*) FROM {timeline.TABLE} WHERE occurred_at <= ?", [coverage.since]
+            ).fetchall()
+            assert older == [(0,)]
             # Each fold is sorted, so each batch (all within one fold) is in order of
             # occurrence in the table.
             backwards = store.con.execute(
@@ -111,9 +120,9 @@ def test_without_the_table_the_search_reads_the_records_and_nothing_is_folded() 
         _store(store, [(1, 5, False), (2, 9, True)], 0)
         timeline.fold_new(store.con)  # ingest's call: no table yet, so none is made
         assert timeline.covered(store.con) is None
-        assert timeline.relation_sql(None) == "records"
-        timeline.bring_to(store.con)  # an update's: made, covering every record
-        assert timeline.covered(store.con) == 2
+        assert timeline.relation_sql(None, START) == "records"
+        timeline.bring_to(store.con, dt.datetime.min)  # an update's: made, covering every record
+        assert timeline.covered(store.con) == timeline.Coverage(2, dt.datetime.min)
         rows = store.con.execute(f"SELECT row_id FROM {timeline.TABLE}").fetchall()
         assert rows == [(0,)]  # the retraction is not kept
     finally:
@@ -121,11 +130,12 @@ def test_without_the_table_the_search_reads_the_records_and_nothing_is_folded() 
 
 
 def test_a_year_at_a_time_keeps_the_whole_table_in_order() -> None:
-    """The first build sorts one calendar year after another; together they are in order."""
+    """The first build sorts one calendar year after another; together they are in order.
+    Records that occurred by the moment it was made from are left out."""
     store = DuckDBStore.memory()
     try:
-        _store(store, [(1, day, False) for day in (700, 3, 400, 2, 365, 1, 366)], 0)
-        timeline.bring_to(store.con)
+        _store(store, [(1, day, False) for day in (700, 3, 400, 0, 2, 365, 1, 366)], 0)
+        timeline.bring_to(store.con, START + dt.timedelta(hours=12))  # not day 0's record
         days = [
             (r[0] - START).days
             for r in store.con.execute(
@@ -145,9 +155,11 @@ def test_a_department_file_is_folded_as_it_is_ingested_once_the_table_exists(
         fine = {"subject_id": resident_id(1), "kind": "tax.late_filing"}
         ingest_rows(ws, "tax", [{"record_id": "A", "occurred_at": "2025-01-01", **fine}])
         assert timeline.covered(ws.store.con) is None  # ingest does not make it
-        timeline.bring_to(ws.store.con)
+        timeline.bring_to(ws.store.con, dt.datetime(2024, 1, 1))
         ingest_rows(ws, "tax", [{"record_id": "B", "occurred_at": "2025-02-01", **fine}])
-        assert timeline.covered(ws.store.con) == 2
+        ingest_rows(ws, "tax", [{"record_id": "C", "occurred_at": "2023-02-01", **fine}])
+        coverage = timeline.covered(ws.store.con)
+        assert coverage == timeline.Coverage(3, dt.datetime(2024, 1, 1))
         rows = ws.store.con.execute(
             f"SELECT occurred_at FROM {timeline.TABLE} ORDER BY row_id"
         ).fetchall()

@@ -21,6 +21,7 @@ from civiscore.engine.incremental import (
     record_lineage,
     records_seen,
     still_matters_sql,
+    timeline_since,
     too_many,
     why_full,
 )
@@ -224,8 +225,9 @@ class DuckDBEngine:
             withdrawals.fold_new(self.store.con)
             clock.lap("fold withdrawals")
             # Records by occurrence, where today's ending clocks are found (made on the first
-            # update of a store; after that, ingest keeps it current).
-            timeline.bring_to(self.store.con)
+            # update of a store, from the records whose clocks can still end after the base;
+            # after that, ingest keeps it current).
+            timeline.bring_to(self.store.con, timeline_since(rb, base.at))
             clock.lap("fold timeline")
             cur = self.store.con.cursor()
             try:
@@ -267,7 +269,7 @@ def _affected(
     base: Snapshot,
     at: dt.datetime,
     known_at: dt.datetime,
-    by_time: int | None,
+    by_time: timeline.Coverage | None,
 ) -> int:
     """Create the temporary table ``affected`` on ``cur``; returns how many subjects it holds."""
     seen = lineage_records_seen(cur, base.snapshot_id)

@@ -103,6 +103,7 @@ from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import first_row
 from civiscore.store.snapshots import SNAPSHOT_TABLES as SNAPSHOT_TABLES
 from civiscore.store.snapshots import rows_sql
+from civiscore.store.timeline import Coverage
 from civiscore.store.timeline import relation_sql as timeline_sql
 from civiscore.timeutil import iso_local, sql_timestamp
 
@@ -285,6 +286,27 @@ def clocks(rb: Rulebook) -> list[tuple[str, Duration]]:
     return [(kind, d) for (kind, _, _), d in sorted(out.items(), key=lambda kv: kv[0])]
 
 
+def reach_days(rb: Rulebook) -> int:
+    """Days after a record's occurrence by which every clock of ``rb`` has ended (an upper
+    bound for calendar durations, :func:`shift_days`); 0 for a rulebook without clocks.
+
+    >>> from civiscore.rulebook.load import demo_rulebook_path, load
+    >>> reach_days(load(demo_rulebook_path()))  # P3Y
+    1096
+    """
+    return max((shift_days(d.months, d.days)[1] for _, d in clocks(rb)), default=0)
+
+
+def timeline_since(rb: Rulebook, at: dt.datetime) -> dt.datetime:
+    """The moment after which the records by occurrence (:mod:`civiscore.store.timeline`) made
+    for an update from a base at ``at`` keep records: no clock of ``rb`` that ends after
+    ``at`` started by it. The calendar's first moment when that is before it."""
+    try:
+        return at - dt.timedelta(days=reach_days(rb) + 1)
+    except OverflowError:
+        return dt.datetime.min
+
+
 def _clock_ends_sql(
     rb: Rulebook,
     T1: dt.datetime,
@@ -292,22 +314,24 @@ def _clock_ends_sql(
     K2: str,
     columns: str,
     bound: str,
-    timeline: int | None,
+    timeline: Coverage | None,
 ) -> list[str]:
     """One query per distinct duration: records whose clock ends in (T1, T2]. ``timeline``:
-    the rows :mod:`civiscore.store.timeline` covers, searched there (None: no such table)."""
+    what :mod:`civiscore.store.timeline` covers, searched there where it can (None: no such
+    table)."""
     by_duration: dict[tuple[int, int], list[str]] = {}
     for kind, d in clocks(rb):
         by_duration.setdefault((d.months, d.days), []).append(kind)
-    by_time = timeline_sql(timeline)
     parts = []
     for (months, days), kinds in sorted(by_duration.items()):
         lo, hi = shift_days(months, days)
         # The exact test needs calendar arithmetic on every row; the window on occurred_at is
         # implied by it (x + lo <= f(x) <= x + hi) and cheap, so only a few days of records
         # reach the exact test.
-        since = sql_timestamp(T1 - dt.timedelta(days=hi))
+        earliest = T1 - dt.timedelta(days=hi)
+        since = sql_timestamp(earliest)
         until = sql_timestamp(T2 - dt.timedelta(days=lo))
+        by_time = timeline_sql(timeline, earliest)
         end = f"occurred_at + {interval(Duration(months=months, days=days, text=''))}"
         names = ", ".join("'" + k.replace("'", "''") + "'" for k in kinds)
         parts.append(
@@ -327,14 +351,14 @@ def changes_sql(
     known_at: dt.datetime,
     columns: str = "sid",
     upto: int | None = None,
-    timeline: int | None = None,
+    timeline: Coverage | None = None,
 ) -> list[str]:
     """SELECTs of ``columns`` of the records behind cases (a)-(d): each subject with one is
     affected, and no other record's contribution can differ between ``base`` and (at, known_at).
 
     ``upto`` keeps only the records below that rowid (those an update has counted).
-    ``timeline`` is how many rows the store's table of records by occurrence covers
-    (:func:`civiscore.store.timeline.covered`); the searches by occurrence read it.
+    ``timeline`` is what the store's table of records by occurrence covers
+    (:func:`civiscore.store.timeline.covered`); the searches by occurrence read it where it can.
     """
     T1, T2 = sql_timestamp(base.at), sql_timestamp(at)
     K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
@@ -363,7 +387,7 @@ def affected_sql(
     records_seen: int | None,
     at: dt.datetime,
     known_at: dt.datetime,
-    timeline: int | None = None,
+    timeline: Coverage | None = None,
 ) -> str:
     """The subjects whose rows may differ between ``base`` and (at, known_at): cases (a)-(d)."""
     parts = changes_sql(rb, base, records_seen, at, known_at, timeline=timeline)

@@ -59,6 +59,7 @@ from civiscore.rulebook.model import Rulebook
 from civiscore.store import kind_records, withdrawals
 from civiscore.store.base import Snapshot
 from civiscore.store.snapshots import rows_sql
+from civiscore.store.timeline import Coverage
 from civiscore.timeutil import sql_timestamp
 
 # What tallies read of a changed record: no strings but the kind (dictionary-coded) and the
@@ -123,12 +124,12 @@ def find_changes(
     seen: int,
     at: dt.datetime,
     known_at: dt.datetime,
-    timeline: int | None = None,
+    timeline: Coverage | None = None,
 ) -> int:
     """Create the temporary tables ``changed`` (the records whose contribution may differ, with
     their rowids) and ``affected`` (their subjects); returns how many subjects.
 
-    ``timeline``: how many rows the store's records by occurrence cover (None: none)."""
+    ``timeline``: what the store's records by occurrence cover (None: no such table)."""
     K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
     parts = changes_sql(rb, base, base_seen, at, known_at, _COLUMNS, seen, timeline)
     # Records withdrawn since the base, whenever they were stored: the withdrawals tables keep

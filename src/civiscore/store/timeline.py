@@ -17,30 +17,65 @@ the fold has run.
 A store gets the table from its first daily update (:func:`bring_to`): one pass per calendar
 year of occurrence, each sorting that year's records, so memory is bounded by a year's
 records rather than all of them. Ingest folds each file into it once it exists.
+
+It keeps only the records that occurred after a moment fixed when it is made (``meta`` key
+``records_by_time_from``): the update's base T less the longest clock of the rulebook in force.
+Updates only move forward, so no later day's clocks can end on an older record, and at
+Beijing's size the table holds the last three of eight years (it held all of them, as much
+disk as ``records`` itself, at first). A search that reaches further back (an update from an
+older base, a rulebook with a longer clock) reads ``records`` instead (:meth:`Coverage.serves`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
+
 import duckdb
 
 from civiscore.store import watermark
+from civiscore.timeutil import sql_timestamp
 
 TABLE = "records_by_time"
 _UPTO = "records_by_time_upto"
+_FROM = "records_by_time_from"
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """What the table holds: every non-retraction with rowid below ``upto`` that occurred after
+    ``since``."""
+
+    upto: int
+    since: dt.datetime
+
+    def serves(self, after: dt.datetime) -> bool:
+        """Whether a search for records that occurred after ``after`` may read the table."""
+        return after >= self.since
+
 
 # The columns of ``records`` kept, after ``rowid``; a retraction's ``retracts`` is never kept.
 _COLUMNS = "sid, kind, occurred_at, quantity, received_at"
 
 
-def covered(con: duckdb.DuckDBPyConnection) -> int | None:
-    """How many of the first records the table covers; None when the store has none yet."""
-    return watermark.covered(con, TABLE, _UPTO)
+def covered(con: duckdb.DuckDBPyConnection) -> Coverage | None:
+    """What the table covers; None when the store has none yet."""
+    upto = watermark.covered(con, TABLE, _UPTO)
+    if upto is None:
+        return None
+    row = con.execute("SELECT value FROM meta WHERE key = ?", [_FROM]).fetchall()
+    return Coverage(upto, dt.datetime.fromisoformat(row[0][0]) if row else dt.datetime.min)
 
 
-def _append(con: duckdb.DuckDBPyConnection, lo: int, hi: int | None = None) -> None:
-    """Append the non-retractions with rowid in [lo, hi) in order of occurrence, a calendar
-    year at a time (a year's sort at most is held; the years come in order)."""
-    rows = f"rowid >= {int(lo)}" + ("" if hi is None else f" AND rowid < {int(hi)}")
+def _append(
+    con: duckdb.DuckDBPyConnection, since: dt.datetime, lo: int, hi: int | None = None
+) -> None:
+    """Append the non-retractions with rowid in [lo, hi) that occurred after ``since``, in
+    order of occurrence, a calendar year at a time (a year's sort at most is held; the years
+    come in order)."""
+    rows = f"rowid >= {int(lo)} AND occurred_at > {sql_timestamp(since)}" + (
+        "" if hi is None else f" AND rowid < {int(hi)}"
+    )
     years = [
         int(r[0])
         for r in con.execute(
@@ -58,11 +93,12 @@ def _append(con: duckdb.DuckDBPyConnection, lo: int, hi: int | None = None) -> N
         )
 
 
-def bring_to(con: duckdb.DuckDBPyConnection) -> None:
-    """Make the table cover every stored record: create it (one pass per year of occurrence)
-    if the store has none, else fold in the rows stored since its watermark."""
+def bring_to(con: duckdb.DuckDBPyConnection, since: dt.datetime) -> None:
+    """Make the table cover every stored record: create it with the records that occurred after
+    ``since`` (one pass per year of occurrence) if the store has none, else fold in the rows
+    stored since its watermark (after the moment it was made with)."""
     if covered(con) is not None:
-        watermark.extend(con, TABLE, _UPTO, lambda upto: _append(con, upto))
+        fold_new(con)
         return
     con.execute("BEGIN TRANSACTION")
     try:
@@ -77,7 +113,8 @@ def bring_to(con: duckdb.DuckDBPyConnection) -> None:
                 received_at TIMESTAMP NOT NULL
             )"""
         )
-        _append(con, 0, total)
+        _append(con, since, 0, total)
+        con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_FROM, since.isoformat()])
         con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [_UPTO, str(total)])
         con.execute("COMMIT")
     except BaseException:
@@ -87,20 +124,24 @@ def bring_to(con: duckdb.DuckDBPyConnection) -> None:
 
 def fold_new(con: duckdb.DuckDBPyConnection) -> None:
     """Fold the rows stored since the watermark, if the store has the table (ingest's call)."""
-    watermark.extend(con, TABLE, _UPTO, lambda upto: _append(con, upto))
+    now = covered(con)
+    if now is not None:
+        watermark.extend(con, TABLE, _UPTO, lambda upto: _append(con, now.since, upto))
 
 
-def relation_sql(upto: int | None, records: str = "records") -> str:
-    """A relation named ``records`` of the non-retractions of ``records`` with the columns the
-    table keeps, ``retracts`` (NULL) and ``rowid`` as a column, for queries that search by
-    occurrence: the table below ``upto`` (the rows it covers), ``records`` above it.
+def relation_sql(coverage: Coverage | None, after: dt.datetime, records: str = "records") -> str:
+    """A relation named ``records`` for a search of the records that occurred after ``after``.
 
-    None (no table): ``records`` itself, every row.
+    When the table serves it: the non-retractions of ``records`` with the columns the table
+    keeps, ``retracts`` (NULL) and ``rowid`` as a column; the table below its watermark,
+    ``records`` above it. Otherwise (no table, or the search reaches before it): ``records``
+    itself, every row, which the caller narrows as it would have anyway.
     """
-    if upto is None:
+    if coverage is None or not coverage.serves(after):
         return records
+    upto = int(coverage.upto)
     return f"""(SELECT row_id AS rowid, {_COLUMNS}, NULL::VARCHAR AS retracts FROM {TABLE}
-         WHERE row_id < {int(upto)}
+         WHERE row_id < {upto}
          UNION ALL
          SELECT rowid, {_COLUMNS}, retracts FROM {records}
-         WHERE rowid >= {int(upto)} AND retracts IS NULL) records"""
+         WHERE rowid >= {upto} AND retracts IS NULL) records"""
