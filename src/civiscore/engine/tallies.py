@@ -131,7 +131,10 @@ def find_changes(
 
     ``timeline``: what the store's records by occurrence cover (None: no such table)."""
     K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
-    parts = changes_sql(rb, base, base_seen, at, known_at, _COLUMNS, seen, timeline)
+    # No watermark: every record stored after the base was received after its K (why_not), so
+    # those counted are among the records received in (K1, K2] already (a day's records were
+    # read twice, then deduplicated).
+    parts = changes_sql(rb, base, None, at, known_at, _COLUMNS, seen, timeline)
     # Records withdrawn since the base, whenever they were stored: the withdrawals tables keep
     # what is needed of them (they lie all over the table; fetching them would read it all).
     parts.append(

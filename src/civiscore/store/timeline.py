@@ -21,9 +21,10 @@ records rather than all of them. Ingest folds each file into it once it exists.
 It keeps only the records that occurred after a moment fixed when it is made (``meta`` key
 ``records_by_time_from``): the update's base T less the longest clock of the rulebook in force.
 Updates only move forward, so no later day's clocks can end on an older record, and at
-Beijing's size the table holds the last three of eight years: 82 million records, 1.3 GiB, made
-in 18 s (of every record it took 3.3 GiB, as much as ``records`` itself, and 49 s). A search that reaches further back (an update from an
-older base, a rulebook with a longer clock) reads ``records`` instead (:meth:`Coverage.serves`).
+Beijing's size the table holds the last three of eight years: 82 million records, 1.3 GiB,
+made in 18 s (of every record it took 3.3 GiB, as much as ``records`` itself, and 49 s). A
+search that reaches further back (an update from an older base, a rulebook with a longer
+clock) reads ``records`` instead (:meth:`Coverage.serves`).
 """
 
 from __future__ import annotations
