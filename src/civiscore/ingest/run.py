@@ -133,7 +133,7 @@ def ingest_file(
     finally:
         drop_stage(con)
     # A department's file is the day's batch: the records its retractions withdraw are found
-    # now, by a scan of that department's rows, so a daily update need not find them. (A
+    # now (through the locator's hashes of their ids), so a daily update need not find them. (A
     # submission through the service does not wait for this; the next score folds it.)
     # Likewise the records by occurrence, once a daily update has made that table.
     withdrawals.fold_new(con)
