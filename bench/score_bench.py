@@ -253,6 +253,8 @@ def ingest(ws: Workspace, departments: dict[str, Path]) -> list[FileIngest]:
         with (
             timing(locator, "index_new", located),
             timing(firsts, "fold_new", folded),
+            # The checks run batch by batch as the file is read, then the IDs' pseudonyms.
+            timing(ingest_run, "append_to_stage", checked),
             timing(ingest_run, "check_stage", checked),
             timing(DuckDBStore, "write_checked", written),
         ):

@@ -385,3 +385,88 @@ def test_occurred_at_is_read_as_iso_8601_in_shanghai_time(
         assert "ISO 8601" in _rejects(summary.rejects_file)[0]["reason"]
     else:
         assert summary.accepted == 1 and got == [(stored,)]
+
+
+# Each row: (record number, subject number, what is wrong with it, how its ID is written).
+_FLAWS = ("none", "kind", "check digit", "date", "quantity", "wrong subject type")
+_SPELLINGS = ("plain", "spaces", "lower case x")
+
+
+def _spelt(raw: str, spelling: str) -> str:
+    if spelling == "spaces":
+        return f"  {raw} "
+    if spelling == "lower case x":
+        return raw.lower()
+    return raw
+
+
+def _flawed(n: int, subject: int, flaw: str, spelling: str) -> dict[str, object]:
+    raw = resident_id(subject)
+    if flaw == "check digit":
+        raw = raw[:-1] + ("0" if raw[-1] != "0" else "1")
+    elif flaw == "wrong subject type":
+        raw = org_id(subject)
+    over: dict[str, object] = {"subject_id": _spelt(raw, spelling)}
+    if flaw == "kind":
+        over["kind"] = "transport.nope"
+    elif flaw == "date":
+        over["occurred_at"] = "2025-02-30"
+    elif flaw == "quantity":
+        over["quantity"] = "lots"
+    return _good(n, **over)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    rows=st.lists(
+        st.tuples(st.integers(0, 7), st.sampled_from(_FLAWS), st.sampled_from(_SPELLINGS)),
+        min_size=1,
+        max_size=25,
+    ),
+    batch_rows=st.integers(1, 30),
+)
+def test_rows_are_checked_alike_whatever_the_batches_and_the_ids_spelling(
+    tmp_path_factory: pytest.TempPathFactory,
+    rows: list[tuple[int, str, str]],
+    batch_rows: int,
+) -> None:
+    """Rows are checked batch by batch as the file is read: what is stored, what is rejected
+    and why, and who becomes a subject do not depend on where the batches break. An ID is
+    read trimmed of spaces and upper-cased; a subject none of whose rows is accepted is not
+    stored at all."""
+    home = tmp_path_factory.mktemp("batches")
+    path = write_csv(
+        home / "f.csv", [_flawed(n, s, flaw, sp) for n, (s, flaw, sp) in enumerate(rows)]
+    )
+    seen = []
+    for size in (batch_rows, 10_000):
+        ws = Workspace.init(home / f"home{size}")[0]
+        try:
+            got = ws.ingest("transport", path, received_at=RECEIVED, batch_rows=size)
+            # Each home has its own key, so subjects are compared by who they are.
+            who = {ws.sid_of(resident_id(s)): s for s in range(8)}
+            stored = [
+                (rid, who.get(sid), kind, at, qty)
+                for rid, sid, kind, at, qty in ws.store.con.execute(
+                    "SELECT record_id, sid, kind, occurred_at, quantity FROM records "
+                    "ORDER BY record_id"
+                ).fetchall()
+            ]
+            rejects = (
+                [(r["row"], r["field"], r["reason"]) for r in _rejects(got.rejects_file)]
+                if got.rejected
+                else []
+            )
+            subjects = {s for sid, s in who.items() if sid is not None}
+            seen.append((got.accepted, got.rejected, stored, rejects, subjects))
+        finally:
+            ws.close()
+    assert seen[0] == seen[1]
+    accepted, rejected, stored, rejects, subjects = seen[0]
+    good = [n for n, (_, flaw, _) in enumerate(rows) if flaw == "none"]
+    assert accepted == len(good) and rejected == len(rows) - len(good)
+    assert [(rid, s) for rid, s, *_ in stored] == sorted((f"R{n}", rows[n][0]) for n in good)
+    assert [int(row) for row, _, _ in rejects] == [
+        n + 1 for n, (_, flaw, _) in enumerate(rows) if flaw != "none"
+    ]
+    assert subjects == {rows[n][0] for n in good}

@@ -283,7 +283,7 @@ def ingest(
                 label = f"{department}: {path.name}"
                 task = progress.add_task(label, total=None)
 
-                # Checking a file once read takes about as long again: say so on the bar.
+                # Storing a file once read and checked takes a while: say so on the bar.
                 def phase(text: str, label: str = label, task: TaskID = task) -> None:
                     progress.update(task, description=f"{label} ({text})")
 

@@ -37,10 +37,12 @@ from civiscore.ingest.readers import FIELDS, RAW_SCHEMA
 from civiscore.ingest.validate import (
     CHECKED,
     IDS,
+    KEY,
     append_to_stage,
     check_stage,
     create_stage,
     drop_stage,
+    prepare,
     rejects_sql,
 )
 from civiscore.recorder import Recorder
@@ -348,18 +350,17 @@ class Service(Operations):
             con = self.ws.store.con
             create_stage(con)
             try:
-                append_to_stage(con, _raw_table(rows))
-                check_stage(con, party.department, dep, self.ws.key, at)
+                append_to_stage(con, prepare(_raw_table(rows)), party.department, dep, at)
+                check_stage(con, self.ws.key)
                 rejects = con.sql(rejects_sql()).to_arrow_table()
                 pseudonyms = [
                     str(r[0])
                     for r in con.execute(
-                        f"SELECT DISTINCT i.pseudonym FROM {CHECKED} c JOIN {IDS} i "
-                        "USING (id_no) WHERE c.field IS NULL"
+                        f"SELECT DISTINCT i.pseudonym FROM {CHECKED} c JOIN {IDS} i USING ({KEY})"
                     ).fetchall()
                 ]
                 result = self.ws.store.write_checked(
-                    party.department, CHECKED, IDS, at, want_sids=True
+                    party.department, CHECKED, IDS, at, key=KEY, want_sids=True
                 )
             finally:
                 drop_stage(con)

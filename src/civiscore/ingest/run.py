@@ -30,11 +30,13 @@ from civiscore.ingest.readers import (
 from civiscore.ingest.validate import (
     CHECKED,
     IDS,
+    KEY,
     REJECT_SCHEMA,
     append_to_stage,
     check_stage,
     create_stage,
     drop_stage,
+    prepare,
     rejects_sql,
 )
 from civiscore.rulebook.model import Rulebook
@@ -88,11 +90,11 @@ def ingest_file(
 ) -> IngestSummary:
     """Ingest ``path`` for ``department``; ``progress(done, total)`` is in bytes read.
 
-    The file is read in batches of ``batch_rows`` (default ``$CIVISCORE_BATCH_ROWS`` or
-    500,000) into a temporary stage, which DuckDB spills to disk, so memory stays bounded.
-    Then the whole file is checked and stored set-based, in one transaction: a crash stores
-    none of the file, and re-running stores it whole. ``on_phase`` hears when reading ends
-    and checking begins.
+    The file is read and checked in batches of ``batch_rows`` (default
+    ``$CIVISCORE_BATCH_ROWS`` or 500,000) into temporary tables, which DuckDB spills to disk,
+    so memory stays bounded. Then its IDs are pseudonymised and the whole file stored
+    set-based, in one transaction: a crash stores none of the file, and re-running stores it
+    whole. ``on_phase`` hears when reading ends and storing begins.
     """
     dep = rulebook.departments.get(department)
     if dep is None:
@@ -118,15 +120,17 @@ def ingest_file(
     create_stage(con)
     try:
         increasing = _Increasing()
-        for raw in read_ahead(read_batches(info, rows_per_batch, progress=report)):
-            summary.rows += raw.num_rows
-            increasing.update(raw.column("record_id"))
-            append_to_stage(con, raw)
+        # Each batch is prepared on the reader's thread, while DuckDB checks the one before.
+        batches = map(prepare, read_batches(info, rows_per_batch, progress=report))
+        for batch in read_ahead(batches):
+            summary.rows += batch.num_rows
+            increasing.update(batch.column("record_id"))
+            append_to_stage(con, batch, department, dep, received)
         if on_phase:
-            on_phase("checking and storing")
-        check_stage(con, department, dep, key, received)
+            on_phase("storing")
+        check_stage(con, key)
         result = store.write_checked(
-            department, CHECKED, IDS, received, run, unique_record_ids=increasing.still
+            department, CHECKED, IDS, received, run, key=KEY, unique_record_ids=increasing.still
         )
         summary.accepted, summary.duplicates = result.accepted, result.duplicates
         summary.rejected = _write_rejects(con, result.conflicts, partial, summary.reasons)

@@ -93,11 +93,10 @@ CREATE TABLE IF NOT EXISTS snapshot_listings (
 """
 
 _CONTENT = ("kind", "occurred_at", "quantity", "reference", "retracts")
-# Same content: the same subject and fields; ``a`` is the incoming row, ``b`` the earlier one.
-_SAME_IN_FILE = " AND ".join(f"a.{c} IS NOT DISTINCT FROM b.{c}" for c in ("id_no", *_CONTENT))
-_SAME_AS_STORED = " AND ".join(
-    ["i.sid = b.sid"] + [f"a.{c} IS NOT DISTINCT FROM b.{c}" for c in _CONTENT]
-)
+# Same content: the same fields (and, where used, subject); ``a`` is the incoming row, ``b``
+# the earlier one.
+_SAME_CONTENT = " AND ".join(f"a.{c} IS NOT DISTINCT FROM b.{c}" for c in _CONTENT)
+_SAME_AS_STORED = f"i.sid = b.sid AND {_SAME_CONTENT}"
 
 
 def first_row(
@@ -204,46 +203,36 @@ class DuckDBStore:
         con = self.con
         con.register("ingest_batch", batch)
         try:
-            # The batch's subjects numbered as a checked file's are (see ``write_checked``).
-            con.execute(
-                """
-                CREATE OR REPLACE TEMP TABLE ingest_batch_ids AS
-                SELECT row_number() OVER (ORDER BY pseudonym) AS id_no, pseudonym,
-                       any_value(subject_type) AS subject_type, count(*) AS n
-                FROM ingest_batch GROUP BY pseudonym
-                """
-            )
-            con.execute(
-                """
-                CREATE OR REPLACE TEMP TABLE ingest_batch_checked AS
-                SELECT b.* EXCLUDE (pseudonym, subject_type), i.id_no, NULL AS field
-                FROM ingest_batch b JOIN ingest_batch_ids i USING (pseudonym)
-                """
-            )
             return self.write_checked(
-                department, "ingest_batch_checked", "ingest_batch_ids", received_at, run
+                department,
+                "ingest_batch",
+                "(SELECT pseudonym, any_value(subject_type) AS subject_type FROM ingest_batch "
+                "GROUP BY pseudonym)",
+                received_at,
+                run,
+                key="pseudonym",
             )
         finally:
             con.unregister("ingest_batch")
-            con.execute("DROP TABLE IF EXISTS ingest_batch_checked")
-            con.execute("DROP TABLE IF EXISTS ingest_batch_ids")
 
     def write_checked(
         self,
         department: str,
-        checked: str,
+        accepted: str,
         ids: str,
         received_at: dt.datetime,
         run: int = 0,
         *,
+        key: str,
         unique_record_ids: bool = False,
         want_sids: bool = False,
     ) -> BatchResult:
-        """Store the accepted rows of a checked file (``field`` NULL) in one transaction.
+        """Store the accepted rows of a checked file in one transaction.
 
-        ``checked`` is a relation of this connection with ``ingest.validate.CHECKED_COLUMNS``
-        and ``field``; ``ids`` has one row per subject of the file: ``id_no``, ``pseudonym``
-        (NULL for an invalid ID), ``subject_type`` and ``n``, its rows in ``checked``.
+        ``accepted`` is a relation of this connection with columns ``row``, ``line``,
+        ``record_id``, ``kind``, ``occurred_at``, ``quantity``, ``reference``, ``retracts`` and
+        ``key``, which names the row's subject in ``ids``. ``ids`` has one row per subject of
+        ``accepted``: ``key``, ``pseudonym`` and ``subject_type``.
 
         A row whose ``record_id`` is already stored for the department with the same content
         is a duplicate (re-ingest); with different content it is a conflict, left for the
@@ -255,37 +244,23 @@ class DuckDBStore:
         department's records are each scanned once per file, not once per batch.
         """
         con = self.con
-        good = f"(SELECT * FROM {checked} WHERE field IS NULL)"
         try:
             con.execute("BEGIN TRANSACTION")
-            # Subjects with at least one accepted row: fewer rejected rows than rows. Counting
-            # the rejects (few) spares an aggregation over every accepted row.
-            con.execute(
-                f"""
-                CREATE OR REPLACE TEMP TABLE ingest_subjects AS
-                SELECT i.id_no, i.pseudonym, i.subject_type
-                FROM {ids} i
-                LEFT JOIN (SELECT id_no, count(*) AS rejected FROM {checked}
-                           WHERE field IS NOT NULL AND id_no IS NOT NULL GROUP BY id_no) r
-                  USING (id_no)
-                WHERE i.pseudonym IS NOT NULL AND i.n > coalesce(r.rejected, 0)
-                """
-            )
             # Known subjects first: a join that builds on the file's few subjects, which DuckDB
             # pushes into the scan of `subjects` (an anti-join scanned every stored pseudonym:
             # 0.7 s for a one-row submission at 18 million subjects).
             con.execute(
-                """
+                f"""
                 CREATE OR REPLACE TEMP TABLE ingest_sids AS
-                SELECT n.id_no, s.sid FROM ingest_subjects n JOIN subjects s USING (pseudonym)
+                SELECT n.{key} AS who, s.sid FROM {ids} n JOIN subjects s USING (pseudonym)
                 """
             )
             con.execute(
-                """
+                f"""
                 CREATE OR REPLACE TEMP TABLE ingest_new_subjects AS
-                SELECT n.id_no, n.pseudonym, n.subject_type,
+                SELECT n.{key} AS who, n.pseudonym, n.subject_type,
                        row_number() OVER (ORDER BY n.pseudonym) AS nth
-                FROM ingest_subjects n ANTI JOIN ingest_sids k USING (id_no)
+                FROM {ids} n ANTI JOIN ingest_sids k ON k.who = n.{key}
                 """
             )
             new_subjects = first_row(con, "SELECT count(*) FROM ingest_new_subjects")
@@ -298,7 +273,7 @@ class DuckDBStore:
                     {"top": int(top[0])},
                 )
                 con.execute(
-                    "INSERT INTO ingest_sids SELECT id_no, $top + nth FROM ingest_new_subjects",
+                    "INSERT INTO ingest_sids SELECT who, $top + nth FROM ingest_new_subjects",
                     {"top": int(top[0])},
                 )
             # Rows whose record_id was seen before: in the store, or earlier in this file.
@@ -308,12 +283,13 @@ class DuckDBStore:
                 else f"""
                 UNION ALL
                 SELECT a.row,
-                  CASE WHEN {_SAME_IN_FILE} THEN 'duplicate' ELSE 'conflict' END AS status
-                FROM {good} a
-                JOIN (SELECT record_id, min(row) AS first FROM {good}
+                  CASE WHEN a.{key} IS NOT DISTINCT FROM b.{key} AND {_SAME_CONTENT}
+                       THEN 'duplicate' ELSE 'conflict' END AS status
+                FROM {accepted} a
+                JOIN (SELECT record_id, min(row) AS first FROM {accepted}
                       GROUP BY record_id HAVING count(*) > 1) r
                   ON r.record_id = a.record_id AND a.row > r.first
-                JOIN {good} b ON b.row = r.first
+                JOIN {accepted} b ON b.row = r.first
                 WHERE a.row NOT IN (SELECT row FROM stored)"""
             )
             con.execute(
@@ -322,9 +298,9 @@ class DuckDBStore:
                 WITH stored AS (
                   SELECT a.row,
                     CASE WHEN {_SAME_AS_STORED} THEN 'duplicate' ELSE 'conflict' END AS status
-                  FROM {good} a
+                  FROM {accepted} a
                   JOIN records b ON b.department = $dep AND b.record_id = a.record_id
-                  JOIN ingest_sids i ON i.id_no = a.id_no
+                  JOIN ingest_sids i ON i.who = a.{key}
                 )
                 SELECT * FROM stored{again}
                 """,
@@ -336,7 +312,7 @@ class DuckDBStore:
                 INSERT INTO records
                 SELECT $dep, a.record_id, i.sid, a.kind, a.occurred_at, a.quantity, a.reference,
                        a.retracts, $received, $run
-                FROM {good} a JOIN ingest_sids i USING (id_no)
+                FROM {accepted} a JOIN ingest_sids i ON i.who = a.{key}
                 WHERE NOT EXISTS (SELECT 1 FROM ingest_clash c WHERE c.row = a.row)
                 """,
                 {"dep": department, "received": received_at, "run": run},
@@ -348,7 +324,7 @@ class DuckDBStore:
                 f"""
                 SELECT a.row, a.line, a.record_id, a.kind, a.occurred_at, a.quantity,
                        a.reference, a.retracts
-                FROM {good} a
+                FROM {accepted} a
                 WHERE a.row IN (SELECT row FROM ingest_clash WHERE status = 'conflict')
                 ORDER BY a.row
                 """
@@ -363,7 +339,7 @@ class DuckDBStore:
             con.execute("ROLLBACK")
             raise
         finally:
-            for name in ("ingest_subjects", "ingest_new_subjects", "ingest_sids", "ingest_clash"):
+            for name in ("ingest_new_subjects", "ingest_sids", "ingest_clash"):
                 con.execute(f"DROP TABLE IF EXISTS {name}")
         locator.index_new(con)
         firsts.fold_new(con)
