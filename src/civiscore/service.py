@@ -40,6 +40,7 @@ from civiscore.ingest.validate import (
     KEY,
     append_to_stage,
     check_stage,
+    checks_sql,
     create_stage,
     drop_stage,
     prepare,
@@ -350,14 +351,13 @@ class Service(Operations):
             con = self.ws.store.con
             create_stage(con)
             try:
-                append_to_stage(con, prepare(_raw_table(rows)), party.department, dep, at)
+                checks = checks_sql(party.department, dep, at)
+                append_to_stage(con, prepare(_raw_table(rows)), checks)
                 check_stage(con, self.ws.key)
                 rejects = con.sql(rejects_sql()).to_arrow_table()
+                # IDS holds exactly the subjects of the accepted rows.
                 pseudonyms = [
-                    str(r[0])
-                    for r in con.execute(
-                        f"SELECT DISTINCT i.pseudonym FROM {CHECKED} c JOIN {IDS} i USING ({KEY})"
-                    ).fetchall()
+                    str(r[0]) for r in con.execute(f"SELECT pseudonym FROM {IDS}").fetchall()
                 ]
                 result = self.ws.store.write_checked(
                     party.department, CHECKED, IDS, at, key=KEY, want_sids=True

@@ -34,6 +34,7 @@ from civiscore.ingest.validate import (
     REJECT_SCHEMA,
     append_to_stage,
     check_stage,
+    checks_sql,
     create_stage,
     drop_stage,
     prepare,
@@ -120,12 +121,13 @@ def ingest_file(
     create_stage(con)
     try:
         increasing = _Increasing()
+        checks = checks_sql(department, dep, received)
         # Each batch is prepared on the reader's thread, while DuckDB checks the one before.
         batches = map(prepare, read_batches(info, rows_per_batch, progress=report))
         for batch in read_ahead(batches):
             summary.rows += batch.num_rows
             increasing.update(batch.column("record_id"))
-            append_to_stage(con, batch, department, dep, received)
+            append_to_stage(con, batch, checks)
         if on_phase:
             on_phase("storing")
         check_stage(con, key)

@@ -1,10 +1,10 @@
 """Validate a file set-based: each row is accepted or rejected with a reason.
 
 Raw rows are checked batch by batch as they are read, each batch in one SQL statement (no
-Python loop per row), into one temporary table; then each distinct valid subject ID is
-pseudonymised once. The first failing check names the row's field and says what to fix.
-The raw IDs stay in the temporary tables that :func:`drop_stage` drops, and go no further: the
-store keeps only their keyed pseudonyms, from :data:`IDS`.
+Python loop per row), into temporary tables of accepted and of rejected rows; then each
+distinct ID of an accepted row is pseudonymised once. The first failing check names the row's
+field and says what to fix. The raw IDs stay in the temporary tables that :func:`drop_stage`
+drops, and go no further: the store keeps only their keyed pseudonyms, from :data:`IDS`.
 """
 
 from __future__ import annotations
@@ -113,14 +113,9 @@ def prepare(raw: pa.Table) -> pa.Table:
     return batch.append_column("id_type", types)
 
 
-def append_to_stage(
-    con: duckdb.DuckDBPyConnection,
-    batch: pa.Table,
-    department: str,
-    dep: Department,
-    received_at: dt.datetime,
-) -> None:
-    """Check one :func:`prepare`-d batch of rows into :data:`CHECKED` and :data:`REJECTED`.
+def append_to_stage(con: duckdb.DuckDBPyConnection, batch: pa.Table, checks: str) -> None:
+    """Check one :func:`prepare`-d batch of rows into :data:`CHECKED` and :data:`REJECTED`;
+    ``checks`` is the file's :func:`checks_sql`.
 
     Every check runs here, as the file is read, so that the file is copied once; only the keyed
     pseudonyms wait for the whole file (:func:`check_stage`), so that each distinct ID is hashed
@@ -129,9 +124,7 @@ def append_to_stage(
     con.register(_RAW, batch)
     try:
         # The batch's checks are held (in memory: a batch is small) and split.
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE {_BATCH} AS {_check_sql(department, dep, received_at)}"
-        )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {_BATCH} AS {checks}")
         con.execute(
             f"""INSERT INTO {CHECKED}
             SELECT row, line, record_id, subject_id, id_type, kind, ts, qnum, reference, retracts
@@ -154,8 +147,9 @@ def drop_stage(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
-def _check_sql(department: str, dep: Department, received_at: dt.datetime) -> str:
-    """A SELECT of every check's outcome for the raw batch :data:`_RAW`.
+def checks_sql(department: str, dep: Department, received_at: dt.datetime) -> str:
+    """A SELECT of every check's outcome for a batch of a file of ``department`` received at
+    ``received_at`` (:func:`append_to_stage`).
 
     The first failing check names the row's ``field`` (NULL when the row is accepted), and its
     ``reason`` says what to fix.
