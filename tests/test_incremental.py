@@ -23,10 +23,10 @@ from civiscore.ids import pseudonym, subject_type
 from civiscore.rulebook import registry
 from civiscore.rulebook.load import demo_rulebook_path
 from civiscore.rulebook.model import Duration
-from civiscore.store import snapshots, timeline
+from civiscore.store import snapshots, timeline, withdrawals
 from civiscore.store.base import BATCH_SCHEMA, Snapshot
 from civiscore.synth.city import write_city
-from civiscore.timeutil import now_local
+from civiscore.timeutil import now_local, sql_timestamp
 from tests.utils import FIELDS, ingest_rows, resident_id, write_csv
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -282,6 +282,50 @@ def test_incremental_snapshot_equals_full_score(
             full = ws.engine.score(rb, t, k)
             assert_same_snapshot(con, update.snapshot, full)
             previous = update.snapshot
+    finally:
+        ws.close()
+
+
+@PROFILE
+@given(rows=histories(), data=st.data())
+def test_the_changed_records_are_each_read_once_and_none_is_missed(
+    tmp_path_factory: Any, rows: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """Tallies read cases (a) and (d) without repeats (``changes_sql(disjoint=True)``), so only
+    the few clock and withdrawn records need dropping as repeats; that gives exactly the
+    records of every case once each, as the plain union of the cases with repeats dropped."""
+    draw = data.draw
+    focus = moments(draw, rows)
+    t1 = focus - draw(st.sampled_from(STEPS[1:]))
+    t2 = focus + draw(st.sampled_from(STEPS))
+    # Late buckets received in (K1, K2]: records both received and dated in the window.
+    k1 = draw(st.sampled_from([RECEIVED[0], RECEIVED[1] - MICRO]))
+    k2 = draw(st.sampled_from([RECEIVED[1], RECEIVED[2]]))
+    ws = _fresh(tmp_path_factory)
+    try:
+        _load(ws, [r for r in rows if r["bucket"] == 0], RECEIVED[0])
+        rb = ws.rulebook_at(t1)
+        base = ws.engine.score(rb, t1, k1)
+        for bucket in (1, 2):
+            _load(ws, [r for r in rows if r["bucket"] == bucket], RECEIVED[bucket])
+        con = ws.store.con
+        withdrawals.fold_new(con)
+        seen = records_seen(ws)
+        cur = con.cursor()
+        try:
+            tallies.find_changes(cur, rb, base, seen, seen, t2, k2)
+            got = cur.execute("SELECT row_id FROM changed ORDER BY row_id").fetchall()
+            parts = incremental.changes_sql(rb, base, None, t2, k2, "rowid AS row_id", seen)
+            K1, K2 = sql_timestamp(k1), sql_timestamp(k2)
+            parts.append(
+                f"SELECT row_id FROM {withdrawals.ROWS} WHERE known_since > {K1} "
+                f"AND known_since <= {K2} AND row_id < {seen}"
+            )
+            union = " UNION ".join(parts)
+            want = cur.execute(f"SELECT row_id FROM ({union}) u ORDER BY row_id").fetchall()
+        finally:
+            cur.close()
+        assert got == want
     finally:
         ws.close()
 

@@ -343,6 +343,17 @@ def _clock_ends_sql(
     return parts
 
 
+def window_sql(base: Snapshot, at: dt.datetime, known_at: dt.datetime) -> tuple[str, str]:
+    """The conditions on a record of cases (a), received in (K1, K2], and (d), occurring in
+    (T1, T2] and received by K2, between ``base`` and (at, known_at)."""
+    T1, T2 = sql_timestamp(base.at), sql_timestamp(at)
+    K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
+    return (
+        f"received_at > {K1} AND received_at <= {K2}",
+        f"occurred_at > {T1} AND occurred_at <= {T2} AND received_at <= {K2}",
+    )
+
+
 def changes_sql(
     rb: Rulebook,
     base: Snapshot,
@@ -352,32 +363,39 @@ def changes_sql(
     columns: str = "sid",
     upto: int | None = None,
     timeline: Coverage | None = None,
+    disjoint: bool = False,
 ) -> list[str]:
     """SELECTs of ``columns`` of the records behind cases (a)-(d): each subject with one is
     affected, and no other record's contribution can differ between ``base`` and (at, known_at).
 
+    The first two are cases (a) and (d) of :func:`window_sql`. ``disjoint`` leaves out of each
+    part the records of (a) and (d) an earlier part has, so that only the later parts (the
+    clocks that end, a few thousand records) can repeat a record: a day's records are both
+    received and dated that day, and dropping 600,000 repeats afterwards took a grouping of
+    1.3 million rows (0.15-0.3 s at Beijing's size).
     ``upto`` keeps only the records below that rowid (those an update has counted).
     ``timeline`` is what the store's table of records by occurrence covers
     (:func:`civiscore.store.timeline.covered`); the searches by occurrence read it where it can.
     """
-    T1, T2 = sql_timestamp(base.at), sql_timestamp(at)
-    K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
+    K2 = sql_timestamp(known_at)
     bound = "" if upto is None else f" AND rowid < {int(upto)}"
+    received, occurred = window_sql(base, at, known_at)
+    not_a = f" AND NOT ({received})" if disjoint else ""
+    neither = f" AND NOT ({received}) AND NOT ({occurred})" if disjoint else ""
     parts = [
         # (a) received since the base: new records, retractions, settlements.
-        f"SELECT {columns} FROM records WHERE received_at > {K1} AND received_at <= {K2}{bound}",
+        f"SELECT {columns} FROM records WHERE {received}{bound}",
         # (d) occurred since the base's T, though received earlier.
-        f"SELECT {columns} FROM records WHERE occurred_at > {T1} AND occurred_at <= {T2} "
-        f"AND received_at <= {K2}{bound}",
+        f"SELECT {columns} FROM records WHERE {occurred}{bound}{not_a}",
     ]
     if records_seen is not None:
         # (a) stored after the base's plan read the table, whatever their received_at.
         parts.append(
             f"SELECT {columns} FROM records WHERE rowid >= {int(records_seen)} "
-            f"AND received_at <= {K2}{bound}"
+            f"AND received_at <= {K2}{bound}{neither}"
         )
     # (b), (c) a validity window or a listing runs out.
-    parts += _clock_ends_sql(rb, base.at, at, K2, columns, bound, timeline)
+    parts += _clock_ends_sql(rb, base.at, at, K2, columns, bound + neither, timeline)
     return parts
 
 
