@@ -389,12 +389,14 @@ def test_occurred_at_is_read_as_iso_8601_in_shanghai_time(
 
 # Each row: (record number, subject number, what is wrong with it, how its ID is written).
 _FLAWS = ("none", "kind", "check digit", "date", "quantity", "wrong subject type")
-_SPELLINGS = ("plain", "spaces", "lower case x")
+_SPELLINGS = ("plain", "spaces", "ideographic and no-break spaces", "lower case x")
 
 
 def _spelt(raw: str, spelling: str) -> str:
     if spelling == "spaces":
         return f"  {raw} "
+    if spelling == "ideographic and no-break spaces":
+        return f"\u3000{raw}\u00a0"
     if spelling == "lower case x":
         return raw.lower()
     return raw
@@ -470,3 +472,21 @@ def test_rows_are_checked_alike_whatever_the_batches_and_the_ids_spelling(
         n + 1 for n, (_, flaw, _) in enumerate(rows) if flaw != "none"
     ]
     assert subjects == {rows[n][0] for n in good}
+
+
+def test_an_id_is_trimmed_of_what_duckdb_trims() -> None:
+    """IDs are trimmed with pyarrow on the reader's thread, every other field with DuckDB's
+    ``trim``: both strip the same characters, the Unicode space separators (an ID typed with
+    an ideographic space is read as before), and neither strips a tab or a line break."""
+    import unicodedata
+
+    import duckdb
+
+    from civiscore.ingest.validate import SPACES
+
+    separators = {chr(c) for c in range(0x110000) if unicodedata.category(chr(c)) == "Zs"}
+    assert set(SPACES) == separators
+    con = duckdb.connect()
+    for ch in sorted(separators | {"\t", "\n", "\r", "\u200b", "\ufeff", "\u0085"}):
+        (trimmed,) = con.execute("SELECT trim(?)", [f"{ch}A{ch}"]).fetchall()[0]
+        assert (trimmed == "A") == (ch in separators), repr(ch)

@@ -94,6 +94,14 @@ CREATE OR REPLACE TEMP TABLE {REJECTED} (
 """
 
 
+# What DuckDB's ``trim`` strips, and so what an ID is trimmed of before it is checked: the
+# Unicode space separators (category Zs), among them the no-break space and the ideographic
+# space Chinese input methods type; not tabs or line breaks.
+SPACES = (
+    "\u0020\u00a0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B)) + "\u202f\u205f\u3000"
+)
+
+
 def create_stage(con: duckdb.DuckDBPyConnection) -> None:
     """An empty stage in ``con``: temporary tables, which DuckDB spills to disk if it must."""
     con.execute(_TABLES)
@@ -101,13 +109,13 @@ def create_stage(con: duckdb.DuckDBPyConnection) -> None:
 
 def prepare(raw: pa.Table) -> pa.Table:
     """A batch of raw rows (``readers.RAW_SCHEMA``) ready for :func:`append_to_stage`: the ID
-    trimmed of spaces and upper-cased (as DuckDB's ``trim`` and ``upper`` would), and the type
+    trimmed of :data:`SPACES` and upper-cased (as DuckDB's ``trim`` and ``upper`` would), and the type
     its check digits give (``id_type``; :func:`ids.id_types`, on a numpy byte matrix).
 
     Apart from :func:`append_to_stage`, so that a reader thread can do it while DuckDB stores
     the batch before (0.1 s a million rows).
     """
-    ids = pc.utf8_upper(pc.utf8_trim(raw.column("subject_id"), " "))
+    ids = pc.utf8_upper(pc.utf8_trim(raw.column("subject_id"), SPACES))
     types = pa.array(id_types(ids), pa.int8())
     batch = raw.set_column(raw.schema.get_field_index("subject_id"), "subject_id", ids)
     return batch.append_column("id_type", types)
