@@ -109,8 +109,8 @@ def create_stage(con: duckdb.DuckDBPyConnection) -> None:
 
 def prepare(raw: pa.Table) -> pa.Table:
     """A batch of raw rows (``readers.RAW_SCHEMA``) ready for :func:`append_to_stage`: the ID
-    trimmed of :data:`SPACES` and upper-cased (as DuckDB's ``trim`` and ``upper`` would), and the type
-    its check digits give (``id_type``; :func:`ids.id_types`, on a numpy byte matrix).
+    trimmed of :data:`SPACES` and upper-cased (as DuckDB's ``trim`` and ``upper`` would), and
+    the type its check digits give (``id_type``; :func:`ids.id_types`, on a numpy byte matrix).
 
     Apart from :func:`append_to_stage`, so that a reader thread can do it while DuckDB stores
     the batch before (0.1 s a million rows).
