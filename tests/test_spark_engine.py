@@ -199,6 +199,28 @@ def test_same_snapshot_as_duckdb(
     assert [str(r) for r in got] == [str(r) for r in want]
 
 
+def test_the_retractions_are_broadcast_not_shuffled_against_every_record(
+    city: Workspace, spark: SparkSession, tmp_path: Path
+) -> None:
+    """A small computed stage is joined by broadcast whatever Spark's own size threshold says:
+    at Beijing's size the million retractions were above it, and the anti-join shuffled and
+    sorted every record against them. Here Spark's threshold is off altogether."""
+    records, subjects = export_store(city.store.con, tmp_path)
+    engine = SparkEngine(spark, records, subjects)
+    before = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    try:
+        at, known = QUESTIONS[next(iter(QUESTIONS))]
+        session = engine.evaluate(city.rulebook_at(at), at, known)
+        plan = session.table("live")._jdf.queryExecution().executedPlan().toString()
+        # ``live`` reads the records and drops the withdrawn ones by a join on their keys.
+        assert "BroadcastHashJoin [sid" in plan, plan
+        assert "SortMergeJoin" not in plan, plan
+    finally:
+        engine.release()
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", str(before))
+
+
 def test_the_city_exercises_the_rules(
     city: Workspace, answers: dict[str, tuple[Rows, Rows]]
 ) -> None:

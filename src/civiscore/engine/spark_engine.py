@@ -29,6 +29,7 @@ import pyarrow as pa
 import sqlglot
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.functions import broadcast
 from pyspark.sql.types import (
     BooleanType,
     DataType,
@@ -82,6 +83,15 @@ SUBJECTS_SCHEMA: dict[str, DataType] = {
 }
 
 _POINTS = DecimalType(18, 2)
+
+# A computed stage of at most this many rows is broadcast to the joins that read it. Spark's
+# own threshold (``spark.sql.autoBroadcastJoinThreshold``, 10 MB of estimated size) is tuned
+# for any table; the plan's small stages are the retractions and the listings, a few dozen bytes
+# a row. At Beijing's size the retractions are a million rows (``withdrawn``, about 50 MB):
+# above Spark's threshold, the anti-join shuffled and sorted all 209 million records against
+# them, and ``groups`` took 186 s of a 292 s score; broadcast, 68 s (docs/benchmarks.md). A
+# country's retractions (tens of millions) would be shuffled, as before.
+BROADCAST_ROWS = 5_000_000
 SNAPSHOT_SCHEMAS: dict[str, dict[str, DataType]] = {
     "scores": {
         "sid": LongType(),
@@ -350,9 +360,11 @@ class SparkEngine:
                 # (the retractions in ``withdrawn``) by broadcasting it instead of shuffling
                 # and sorting every record against it.
                 start = time.perf_counter()
-                frame.count()
+                rows = frame.count()
                 if timings is not None:
                     timings[stage.name] = time.perf_counter() - start
+                if rows <= BROADCAST_ROWS:
+                    frame = broadcast(frame)
             frame.createOrReplaceTempView(stage.name)
             types[stage.name] = {f.name: f.dataType.simpleString() for f in frame.schema.fields}
         return session
