@@ -84,14 +84,16 @@ SUBJECTS_SCHEMA: dict[str, DataType] = {
 
 _POINTS = DecimalType(18, 2)
 
-# A computed stage of at most this many rows is broadcast to the joins that read it. Spark's
-# own threshold (``spark.sql.autoBroadcastJoinThreshold``, 10 MB of estimated size) is tuned
-# for any table; the plan's small stages are the retractions and the listings, a few dozen bytes
-# a row. At Beijing's size the retractions are a million rows (``withdrawn``, about 50 MB):
-# above Spark's threshold, the anti-join shuffled and sorted all 209 million records against
-# them, and ``groups`` took 186 s of a 292 s score; broadcast, 68 s (docs/benchmarks.md). A
-# country's retractions (tens of millions) would be shuffled, as before.
+# A computed stage of at most this many rows is broadcast to the joins that read it, whatever
+# Spark's own threshold (``spark.sql.autoBroadcastJoinThreshold``, 10 MB of estimated size)
+# says. The plan's small stages are the retractions and the listings, a few dozen bytes a row,
+# so a few hundred MB at most. At Beijing's size the retractions are a million rows
+# (``withdrawn``), above Spark's threshold: the join that drops withdrawn records shuffled and
+# sorted all 209 million records against them, and ``groups`` took 186 s of a 292 s score
+# (docs/benchmarks.md, "The Spark engine"). A country's retractions (tens of millions) are
+# joined as Spark decides, as before.
 BROADCAST_ROWS = 5_000_000
+
 SNAPSHOT_SCHEMAS: dict[str, dict[str, DataType]] = {
     "scores": {
         "sid": LongType(),
@@ -356,9 +358,9 @@ class SparkEngine:
                 frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
                 self._cached.append(frame)
                 # Computed now, as the DuckDB engine creates its tables one by one: Spark then
-                # plans each later stage knowing this one's real size, and joins a small one
-                # (the retractions in ``withdrawn``) by broadcasting it instead of shuffling
-                # and sorting every record against it.
+                # plans each later stage knowing this one's real size, and a small one (the
+                # retractions in ``withdrawn``) is broadcast instead of every record being
+                # shuffled and sorted against it (BROADCAST_ROWS).
                 start = time.perf_counter()
                 rows = frame.count()
                 if timings is not None:

