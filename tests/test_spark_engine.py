@@ -212,7 +212,7 @@ def test_the_retractions_are_broadcast_not_shuffled_against_every_record(
     try:
         at, known = QUESTIONS[next(iter(QUESTIONS))]
         session = engine.evaluate(city.rulebook_at(at), at, known)
-        plan = session.table("live")._jdf.queryExecution().executedPlan().toString()
+        plan = str(session.sql("EXPLAIN SELECT * FROM live").collect()[0][0])
         # ``live`` reads the records and drops the withdrawn ones by a join on their keys.
         assert "BroadcastHashJoin [sid" in plan, plan
         assert "SortMergeJoin" not in plan, plan
