@@ -9,7 +9,9 @@ What it measures, in one process and one Spark session:
 1. **Store.** The store ``score_bench.py`` builds for these arguments
    (``<workdir>/home-<residents>-<years>-<seed>``), built the same way when missing.
 2. **Parquet.** ``export_store`` writes its ``records`` and ``subjects`` to
-   ``<workdir>/parquet-<tag>/``, the Spark engine's input (timed, not part of the ratio).
+   ``<workdir>/parquet-<tag>/``, the Spark engine's input (timed, not part of the ratio), with
+   DuckDB held to ``--threads`` and ``--memory-limit`` as in ``score_bench.py``; its peak
+   resident memory is reported.
 3. **Session start-up.** ``local_session`` until a first one-row job has run: the JVM, the
    session and the first task. Reported on its own: a cluster pays it once per job, not per
    score.
@@ -48,7 +50,14 @@ import duckdb
 from incremental_bench import source_home
 from pyspark.sql import SparkSession
 from rich.console import Console
-from score_bench import floor_points, machine, ru_maxrss_mib
+from score_bench import (
+    configure,
+    floor_points,
+    machine,
+    phase_peak_mib,
+    reset_peak,
+    ru_maxrss_mib,
+)
 
 from civiscore.engine.incremental import SNAPSHOT_TABLES
 from civiscore.engine.spark_engine import SparkEngine, export_store, local_session, write_snapshot
@@ -119,7 +128,9 @@ class Results:
     known_at: str
     records: int
     subjects: int
+    duckdb_settings: dict[str, str]
     export_seconds: float
+    export_peak_mib: float | None
     startup_seconds: float
     score_seconds: float
     score_runs: list[float]
@@ -169,6 +180,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--cores", type=int, default=2, help="local[cores]")
     p.add_argument("--shuffle-partitions", type=int, default=4)
     p.add_argument("--driver-memory", default="6g")
+    p.add_argument("--threads", type=int, default=2, help="DuckDB's, for the export and identity")
+    p.add_argument(
+        "--memory-limit",
+        default="5GB",
+        help="DuckDB's memory limit for the export and the identity check (as score_bench.py)",
+    )
     p.add_argument("--runs", type=int, default=2, help="score and floor runs; the best counts")
     p.add_argument("--no-verify", action="store_true", help="skip the DuckDB identity check")
     return p.parse_args(argv)
@@ -186,15 +203,24 @@ def main(argv: list[str] | None = None) -> int:
     ws = Workspace.open(home)
     try:
         con = ws.store.con
+        # The export sorts every record: without a limit DuckDB takes 80 % of the machine's
+        # memory for it (20 GiB of this one's 24 at Beijing's size).
+        settings = configure(con, args.threads, args.memory_limit)
         records = int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
         at = dt.datetime.combine(DEFAULT_END, dt.time.max)
         known_at = now_local()
         rb = ws.rulebook_at(at)
         console.rule("Parquet")
+        reset_peak()
         start = time.perf_counter()
-        records_file, subjects_file = export_store(con, parquet)
+        records_file, subjects_file, firsts_file = export_store(con, parquet)
         export_seconds = time.perf_counter() - start
-        console.print(f"{records:,} records written to {parquet} in {export_seconds:.1f} s")
+        export_peak = phase_peak_mib()
+        console.print(
+            f"{records:,} records written to {parquet} in {export_seconds:.1f} s, peak "
+            + ("n/a" if export_peak is None else f"{export_peak:,.0f} MiB")
+            + f" (DuckDB memory limit {settings['memory_limit']})"
+        )
 
         console.rule("session start-up")
         start = time.perf_counter()
@@ -207,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         startup = time.perf_counter() - start
         console.print(f"Spark {spark.version} local[{args.cores}] ready in {startup:.1f} s")
         try:
-            engine = SparkEngine(spark, records_file, subjects_file)
+            engine = SparkEngine(spark, records_file, subjects_file, firsts_file)
             spark.read.parquet(str(records_file)).createOrReplaceTempView("records")
             floor = floor_spark_sql(rb, at)
             (workdir / f"spark-floor-{tag}.sql").write_text(floor + "\n")
@@ -273,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
         known_at=known_at.isoformat(),
         records=records,
         subjects=subjects,
+        duckdb_settings=settings,
         export_seconds=round(export_seconds, 3),
+        export_peak_mib=export_peak,
         startup_seconds=round(startup, 3),
         score_seconds=min(score_runs),
         score_runs=[round(x, 3) for x in score_runs],

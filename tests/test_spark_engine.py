@@ -31,6 +31,7 @@ import pytest
 
 from civiscore.engine.incremental import SNAPSHOT_TABLES
 from civiscore.ingest.readers import FIELDS, open_file, read_batches
+from civiscore.store import firsts as firsts_sql
 from civiscore.synth.city import DEFAULT_END, write_city
 from civiscore.workspace import Workspace
 from tests.utils import resident_id, write_csv
@@ -152,8 +153,9 @@ def answers(
     city: Workspace, spark: SparkSession, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, tuple[Rows, Rows]]:
     """For each question: the DuckDB snapshot's rows and the Spark engine's, each sorted."""
-    records, subjects = export_store(city.store.con, tmp_path_factory.mktemp("parquet"))
-    engine = SparkEngine(spark, records, subjects)
+    records, subjects, firsts = export_store(city.store.con, tmp_path_factory.mktemp("parquet"))
+    assert firsts is not None
+    engine = SparkEngine(spark, records, subjects, firsts)
     out = {}
     for question, (at, known) in QUESTIONS.items():
         snap = city.score(at, known)
@@ -205,7 +207,7 @@ def test_the_retractions_are_broadcast_not_shuffled_against_every_record(
     """A small computed stage is joined by broadcast whatever Spark's own size threshold says:
     at Beijing's size the million retractions were above it, and the anti-join shuffled and
     sorted every record against them. Here Spark's threshold is off altogether."""
-    records, subjects = export_store(city.store.con, tmp_path)
+    records, subjects, _ = export_store(city.store.con, tmp_path)
     engine = SparkEngine(spark, records, subjects)
     before = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
     spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
@@ -219,6 +221,89 @@ def test_the_retractions_are_broadcast_not_shuffled_against_every_record(
     finally:
         engine.release()
         spark.conf.set("spark.sql.autoBroadcastJoinThreshold", str(before))
+
+
+def test_the_population_from_first_records_as_the_duckdb_engine_finds_it(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    """With the store's first records exported, Spark finds the population from them (not from
+    the distinct subjects of every record); a subject both of whose first records straddle (T,
+    K) in opposite ways is decided by its other records, as in the DuckDB engine. Without them,
+    from every record: the same population either way."""
+    ws, _ = Workspace.init(tmp_path / "home")
+    try:
+        # (record, subject, occurred, received). Subjects 1 and 2 each have a record that
+        # occurred first but arrived late and one that arrived first but occurred late: at
+        # (T, K) below neither places them. Subject 2 also has a record within (T, K); subject 1
+        # has none. Subject 3 is in by its first record, subject 4 out (it arrived after K).
+        rows = [
+            (1, 1, "2020-01-01", "2026-01-10"),
+            (2, 1, "2025-06-01", "2025-06-02"),
+            (3, 2, "2020-01-01", "2026-01-10"),
+            (4, 2, "2025-06-01", "2025-06-02"),
+            (5, 2, "2022-01-01", "2025-08-01"),
+            (6, 3, "2023-03-01", "2023-03-02"),
+            (7, 4, "2023-03-01", "2026-02-01"),
+        ]
+        for received in sorted({r[3] for r in rows}):
+            path = write_csv(
+                tmp_path / f"{received}.csv",
+                [
+                    {
+                        "record_id": f"R{n}",
+                        "subject_id": resident_id(subject),
+                        "kind": "transport.speeding",
+                        "occurred_at": f"{occurred}T08:00:00",
+                        "quantity": 12,
+                    }
+                    for n, subject, occurred, at in rows
+                    if at == received
+                ],
+            )
+            arrival = dt.datetime.fromisoformat(f"{received}T09:00:00")
+            assert ws.ingest("transport", path, received_at=arrival).accepted > 0
+        at, known = dt.datetime(2025, 1, 1), dt.datetime(2025, 12, 31)
+        snap = ws.score(at, known)
+        want = _sorted(ws.store.con.execute(SNAPSHOT_SQL["scores"], [snap.snapshot_id]).fetchall())
+        assert sorted(ws.sid_of(resident_id(s)) for s in (2, 3)) == [r[0] for r in want]
+        records, subjects, firsts = export_store(ws.store.con, tmp_path / "parquet")
+        assert firsts is not None
+        undecided = ws.store.con.execute(
+            f"SELECT count(*) FROM ({firsts_sql.undecided_sql(at, known)})"
+        ).fetchall()[0][0]
+        assert undecided == 2
+        for engine in (
+            SparkEngine(spark, records, subjects, firsts),
+            SparkEngine(spark, records, subjects),
+        ):
+            try:
+                frames = engine.score_frames(ws.rulebook_at(at), at, known)
+                got = _sorted([tuple(r) for r in frames["scores"].collect()])
+            finally:
+                engine.release()
+            assert [str(r) for r in got] == [str(r) for r in want]
+    finally:
+        ws.close()
+
+
+def test_the_first_records_are_exported_only_when_they_cover_every_record(
+    city: Workspace, tmp_path: Path
+) -> None:
+    """A store without the table (from before it) exports none, and an older export's file
+    is removed, so that Spark never reads first records of other records."""
+    out = tmp_path / "parquet"
+    *_, firsts = export_store(city.store.con, out)
+    assert firsts == out / "subject_firsts.parquet" and firsts.exists()
+    copy = duckdb.connect()
+    try:
+        for table in ("records", "subjects"):
+            copy.register("rows", city.store.con.sql(f"SELECT * FROM {table}").to_arrow_table())
+            copy.execute(f"CREATE TABLE {table} AS SELECT * FROM rows")
+            copy.unregister("rows")
+        assert export_store(copy, out)[2] is None
+    finally:
+        copy.close()
+    assert not firsts.exists()
 
 
 def test_the_city_exercises_the_rules(

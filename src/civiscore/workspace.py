@@ -134,9 +134,11 @@ class Workspace:
         rb = self.rulebook_at(at)
         # Counted before the export reads the records: the watermark for --incremental.
         seen = records_seen(self.store.con)
-        records, subjects = export_store(self.store.con, parquet_dir or self.home / "parquet")
+        records, subjects, firsts = export_store(
+            self.store.con, parquet_dir or self.home / "parquet"
+        )
         with spark_session(master) as spark:
-            rows = SparkEngine(spark, records, subjects).score_arrow(rb, at, known_at)
+            rows = SparkEngine(spark, records, subjects, firsts).score_arrow(rb, at, known_at)
         return self.engine.store_snapshot(rb, at, known_at, rows, seen)
 
     def score_incremental(

@@ -100,6 +100,59 @@ def fold_new(con: duckdb.DuckDBPyConnection) -> None:
     watermark.extend(con, TABLE, _UPTO, fold)
 
 
+def _bounds(at: dt.datetime, known_at: dt.datetime) -> tuple[str, str, str]:
+    """(a record within (T, K), a subject known to be in, a subject known to be out)."""
+    T, K = sql_timestamp(at), sql_timestamp(known_at)
+    within = f"received_at <= {K} AND occurred_at <= {T}"
+    known_in = (
+        f"(first_occurred <= {T} AND its_received <= {K}) "
+        f"OR (first_received <= {K} AND its_occurred <= {T})"
+    )
+    known_out = f"first_occurred > {T} OR first_received > {K}"
+    return within, known_in, known_out
+
+
+def undecided_sql(at: dt.datetime, known_at: dt.datetime) -> str:
+    """A SELECT of the subjects the table cannot place at (at, known_at) by itself."""
+    _, known_in, known_out = _bounds(at, known_at)
+    return f"SELECT sid FROM {TABLE} WHERE NOT ({known_in}) AND NOT ({known_out})"
+
+
+def population_from(
+    at: dt.datetime,
+    known_at: dt.datetime,
+    records: str,
+    *,
+    upto: int | None,
+    undecided: bool,
+) -> str:
+    """A SELECT of the population at (at, known_at) from this table and ``records``.
+
+    ``upto``: the rowid from which ``records`` holds rows the table does not cover (None: it
+    covers them all, as in the Parquet the Spark engine reads, which has no rowids);
+    ``undecided``: whether any subject is (:func:`undecided_sql`), whose records are then read.
+    Each engine counts those its own way; this SQL is the one both run.
+    """
+    within, known_in, _ = _bounds(at, known_at)
+    inside = f"SELECT sid FROM {TABLE} WHERE {known_in}"
+    others = []
+    if upto is not None:
+        others.append(f"SELECT sid FROM {records} WHERE rowid >= {int(upto)} AND {within}")
+    if undecided:
+        below = "" if upto is None else f"rowid < {int(upto)} AND "
+        others.append(
+            f"SELECT sid FROM {records} WHERE {below}{within} "
+            f"AND sid IN ({undecided_sql(at, known_at)})"
+        )
+    if not others:
+        return inside  # one row per subject already
+    rest = "\nUNION ALL\n".join(others)
+    return (
+        f"{inside}\nUNION ALL\nSELECT DISTINCT x.sid FROM ({rest}) x "
+        f"ANTI JOIN ({inside}) i ON i.sid = x.sid"
+    )
+
+
 def population_sql(
     con: duckdb.DuckDBPyConnection, records: str, at: dt.datetime, known_at: dt.datetime
 ) -> str | None:
@@ -110,27 +163,10 @@ def population_sql(
     upto = covered(con)
     if upto is None:
         return None
-    T, K = sql_timestamp(at), sql_timestamp(known_at)
-    within = f"received_at <= {K} AND occurred_at <= {T}"
-    known_in = (
-        f"(first_occurred <= {T} AND its_received <= {K}) "
-        f"OR (first_received <= {K} AND its_occurred <= {T})"
-    )
-    known_out = f"first_occurred > {T} OR first_received > {K}"
-    inside = f"SELECT sid FROM {TABLE} WHERE {known_in}"
     total = int(con.execute(f"SELECT count(*) FROM {records}").fetchall()[0][0])
-    others = []
-    if total > upto:
-        others.append(f"SELECT sid FROM {records} WHERE rowid >= {upto} AND {within}")
-    undecided = f"SELECT sid FROM {TABLE} WHERE NOT ({known_in}) AND NOT ({known_out})"
-    if con.execute(f"SELECT count(*) FROM ({undecided})").fetchall()[0][0]:
-        others.append(
-            f"SELECT sid FROM {records} WHERE rowid < {upto} AND {within} AND sid IN ({undecided})"
-        )
-    if not others:
-        return inside  # one row per subject already
-    rest = "\nUNION ALL\n".join(others)
-    return (
-        f"{inside}\nUNION ALL\nSELECT DISTINCT x.sid FROM ({rest}) x "
-        f"ANTI JOIN ({inside}) i ON i.sid = x.sid"
+    undecided = bool(
+        con.execute(f"SELECT count(*) FROM ({undecided_sql(at, known_at)})").fetchall()[0][0]
+    )
+    return population_from(
+        at, known_at, records, upto=upto if total > upto else None, undecided=undecided
     )
