@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     ws = Workspace.open(home)
     try:
         con = ws.store.con
-        # The export sorts every record: without a limit DuckDB takes 80 % of the machine's
-        # memory for it (20 GiB of this one's 24 at Beijing's size).
+        # The export sorts records: without a limit DuckDB takes 80 % of the machine's memory
+        # for it (20 GiB of this one's 24 at Beijing's size, when it sorted them all at once).
         settings = configure(con, args.threads, args.memory_limit)
         records = int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
         at = dt.datetime.combine(DEFAULT_END, dt.time.max)
