@@ -418,7 +418,7 @@ def _flawed(n: int, subject: int, flaw: str, spelling: str) -> dict[str, object]
     return _good(n, **over)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(
         st.tuples(st.integers(0, 7), st.sampled_from(_FLAWS), st.sampled_from(_SPELLINGS)),
