@@ -184,7 +184,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--memory-limit",
         default="5GB",
-        help="DuckDB's memory limit for the export and the identity check (as score_bench.py)",
+        help="DuckDB's memory limit for the export and identity check (score_bench.py's option)",
     )
     p.add_argument("--runs", type=int, default=2, help="score and floor runs; the best counts")
     p.add_argument("--no-verify", action="store_true", help="skip the DuckDB identity check")
