@@ -203,6 +203,7 @@ def stages(
     carried: str | None = None,
     population: str | None = None,
     withdrawals: tuple[str, str] | None = None,
+    withdrawn_since: bool = False,
 ) -> list[Stage]:
     """The plan for one question (T, K; all subjects, one, or a set) as ordered stages.
 
@@ -213,10 +214,14 @@ def stages(
     replaces the pass over every record (:func:`civiscore.store.firsts.population_sql`).
     ``withdrawals``, for everyone, names the store's tables of retracted keys and the rows they
     name (:func:`civiscore.store.withdrawals.plan_tables`), read instead of grouping every
-    retraction and matching every record's id against them.
+    retraction and matching every record's id against them. ``withdrawn_since`` says that
+    ``records`` carries a column of that name: when the first retraction naming each record was
+    received, NULL when none has (:func:`civiscore.engine.spark_engine.export_store` writes it),
+    so that ``live`` drops the withdrawn records with a filter instead of a join.
     """
     assert population is None or sid is None, "a population is for everyone"
     assert withdrawals is None or sid is None, "the withdrawals tables are for everyone"
+    assert withdrawals is None or not withdrawn_since, "one way to drop withdrawn records"
     also = f"\n                  UNION SELECT sid FROM {carried}" if carried else ""
     T, K = sql_timestamp(at), sql_timestamp(known_at)
     if sid is None:
@@ -255,6 +260,10 @@ def stages(
         dropped = f"""ANTI JOIN (SELECT row_id FROM {rows} WHERE known_since <= {K}) w
               ON w.row_id = r.rowid"""
         not_dropped = ""
+    if withdrawn_since:
+        # Withdrawn at K when its first retraction was received by K, as ``withdrawn`` finds.
+        dropped = ""
+        not_dropped = f"\n              AND (r.withdrawn_since IS NULL OR r.withdrawn_since > {K})"
     out = [
         Stage("withdrawn", withdrawn),
         Stage(

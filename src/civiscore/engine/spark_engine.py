@@ -49,9 +49,9 @@ from sqlglot import exp
 
 from civiscore.engine.dialect import to_spark
 from civiscore.engine.duckdb_engine import _FRESH
-from civiscore.engine.plan import Stage, stages
+from civiscore.engine.plan import Stage, first_retractions_sql, stages
 from civiscore.rulebook.model import Rulebook
-from civiscore.store import firsts
+from civiscore.store import firsts, withdrawals
 
 __all__ = [
     "FIRSTS_SCHEMA",
@@ -59,6 +59,7 @@ __all__ = [
     "SNAPSHOT_SCHEMAS",
     "SNAPSHOT_SQL",
     "SUBJECTS_SCHEMA",
+    "WITHDRAWN_SINCE",
     "SparkEngine",
     "SparkInputError",
     "export_store",
@@ -80,6 +81,14 @@ RECORDS_SCHEMA: dict[str, DataType] = {
     "batch": LongType(),
 }
 """The store's ``records`` columns in Spark's types; the Parquet input must have these."""
+
+WITHDRAWN_SINCE = "withdrawn_since"
+"""An optional column of the records input: when the first retraction naming the record (same
+department and subject) was received, NULL if none was. :func:`export_store` writes it; with
+it, withdrawn records are dropped by a filter that Spark pushes into the Parquet scan, rather
+than by a join of every record's ids against the retractions (at Beijing's size the join made
+the scan of every record 2.75 times as slow; docs/benchmarks.md). Records without it (a data
+lake's own) are scored the same, by the join."""
 
 SUBJECTS_SCHEMA: dict[str, DataType] = {
     "sid": LongType(),
@@ -267,10 +276,12 @@ def export_store(
     """Write a DuckDB store's ``records``, ``subjects`` and ``subject_firsts`` tables as Parquet
     for Spark (the records as a directory of files, one per kind).
 
-    The three are read in one transaction, so that they describe the same records. The firsts
-    are written only when they cover every record written (they are folded first; a store from
-    before the table has none): the Spark engine then finds the population from them, as the
-    DuckDB engine does, instead of from every record.
+    The three are read in one transaction, so that they describe the same records. Each record
+    carries :data:`WITHDRAWN_SINCE`, from the store's withdrawals tables (folded first) or, when
+    they do not cover every record (a store from before them), by matching every record's ids
+    against the retractions. The firsts are written only when they cover every record written
+    (they are folded first; a store from before the table has none): the Spark engine then
+    finds the population from them, as the DuckDB engine does, instead of from every record.
 
     Args:
         con: A connection to the store (``Workspace.store.con``), writable (the firsts are
@@ -288,6 +299,7 @@ def export_store(
     records_path, subjects_path = out / "records.parquet", out / "subjects.parquet"
     firsts_path = out / f"{firsts.TABLE}.parquet"
     firsts.fold_new(con)
+    withdrawals.fold_new(con)
 
     def copy(sql: str, path: Path) -> None:
         target = "'" + str(path).replace("'", "''") + "'"
@@ -305,13 +317,20 @@ def export_store(
         else:
             records_path.unlink(missing_ok=True)
         records_path.mkdir()
+        total = int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
+        _withdrawn_rows(con, total)
         kinds = [row[0] for row in con.execute("SELECT DISTINCT kind FROM records").fetchall()]
         for i, kind in enumerate(sorted(kinds) or [None]):
-            which = "" if kind is None else " WHERE kind = '" + kind.replace("'", "''") + "'"
-            copy(f"SELECT * FROM records{which} ORDER BY sid", records_path / f"{i:05d}.parquet")
+            which = "" if kind is None else " WHERE r.kind = '" + kind.replace("'", "''") + "'"
+            copy(
+                f"""SELECT r.*, w.known_since AS {WITHDRAWN_SINCE}
+                FROM records r LEFT JOIN export_withdrawn w ON w.row_id = r.rowid{which}
+                ORDER BY r.sid""",
+                records_path / f"{i:05d}.parquet",
+            )
+        con.execute("DROP TABLE export_withdrawn")
         copy("SELECT * FROM subjects ORDER BY sid", subjects_path)
         upto = firsts.covered(con)
-        total = int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
         if upto == total:
             copy(f"SELECT * FROM {firsts.TABLE} ORDER BY sid", firsts_path)
             written: Path | None = firsts_path
@@ -323,6 +342,23 @@ def export_store(
         con.execute("ROLLBACK")
         raise
     return records_path, subjects_path, written
+
+
+def _withdrawn_rows(con: duckdb.DuckDBPyConnection, total: int) -> None:
+    """Create the temporary table ``export_withdrawn``: the rowid of each withdrawn record and
+    when its first retraction was received (``known_since``)."""
+    if withdrawals.covered(con) == total:
+        # The table holds a row once; grouped all the same, as a row listed twice would be
+        # exported twice.
+        source = (
+            f"SELECT row_id, min(known_since) AS known_since FROM {withdrawals.ROWS} "
+            "GROUP BY row_id"
+        )
+    else:
+        source = f"""SELECT r.rowid AS row_id, w.known_since
+            FROM records r JOIN ({first_retractions_sql("true")}) w
+              ON w.sid = r.sid AND w.department = r.department AND w.record_id = r.record_id"""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE export_withdrawn AS {source}")
 
 
 def write_snapshot(frames: dict[str, DataFrame], out_dir: str | Path) -> dict[str, Path]:
@@ -353,7 +389,7 @@ class SparkEngine:
     Args:
         spark: The session to work in (local, or on a cluster).
         records_parquet: The ``records`` table: a Parquet file, a directory of them, or any URL
-            Spark reads (``hdfs://``, ``s3a://``).
+            Spark reads (``hdfs://``, ``s3a://``); with or without :data:`WITHDRAWN_SINCE`.
         subjects_parquet: The ``subjects`` table, likewise.
         firsts_parquet: The ``subject_firsts`` table covering exactly those records, likewise,
             or None. With it the population is found from each subject's first records (an
@@ -381,6 +417,10 @@ class SparkEngine:
         self.firsts_parquet = None if firsts_parquet is None else str(firsts_parquet)
         self.cache = cache
         _check(spark, self.records_parquet, "records", RECORDS_SCHEMA)
+        self.records_schema = dict(RECORDS_SCHEMA)
+        if WITHDRAWN_SINCE in spark.read.parquet(self.records_parquet).schema.fieldNames():
+            self.records_schema[WITHDRAWN_SINCE] = TimestampNTZType()
+            _check(spark, self.records_parquet, "records", self.records_schema)
         _check(spark, self.subjects_parquet, "subjects", SUBJECTS_SCHEMA)
         if self.firsts_parquet is not None:
             _check(spark, self.firsts_parquet, firsts.TABLE, FIRSTS_SCHEMA)
@@ -407,7 +447,7 @@ class SparkEngine:
                 session.conf.set(key, value)
         types: dict[str, dict[str, str]] = {}
         inputs = [
-            ("records", self.records_parquet, RECORDS_SCHEMA),
+            ("records", self.records_parquet, self.records_schema),
             ("subjects", self.subjects_parquet, SUBJECTS_SCHEMA),
         ]
         if self.firsts_parquet is not None and sid is None:
@@ -422,7 +462,14 @@ class SparkEngine:
             population = firsts.population_from(
                 at, known_at, "records", upto=None, undecided=bool(undecided)
             )
-        plan = stages(rb, at, known_at, sid, population=population)
+        plan = stages(
+            rb,
+            at,
+            known_at,
+            sid,
+            population=population,
+            withdrawn_since=WITHDRAWN_SINCE in self.records_schema,
+        )
         cached = worth_caching(plan) if self.cache else set()
         for stage in plan:
             frame = session.sql(to_spark(stage.sql, types))
