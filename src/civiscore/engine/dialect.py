@@ -22,6 +22,12 @@ The rewrites, each with the reason:
   (``INTERVAL '12' MONTH``). Spark refuses to mix year-month and day-time units in one literal,
   and a window frame bound must be a literal, so ``MAKE_INTERVAL`` cannot stand in. A literal with
   both months and days non-zero has no Spark equivalent: :class:`UnportableSQL` is raised.
+* ``sum(x)`` of a DECIMAL(p, s) → ``CAST(CAST(SUM(<x's unscaled value as a BIGINT>) AS
+  DECIMAL(20, 0)) * 10^-s AS DECIMAL(p + 10, s))``. Not a difference of meaning but of cost:
+  Spark sums a DECIMAL wider than 8 digits in a Java ``BigDecimal`` per group, and the plan's
+  points sums are DECIMAL(18, 2) and wider. The unscaled value is ``rint(CAST(x AS DOUBLE) *
+  10^s)``, exact while ``|x| * 10^s`` is below 10^15 (below 2^50 the double's two roundings
+  err by far less than a half); a value beyond fails the query by ``raise_error`` instead.
 * ``round(x, n)`` on a DOUBLE (the per-unit points, ``value * quantity``). DuckDB rounds the exact
   binary value half away from zero: 0.725 is stored as 0.72499999999999997…, so
   ``round(0.725, 2)`` is 0.72. Spark rounds the shortest decimal text (``"0.725"``) half up and
@@ -308,9 +314,104 @@ def _epoch_us(node: exp.Expr, schema: Schema) -> exp.Expr:
     return exp.Anonymous(this="TIMESTAMPDIFF", expressions=[exp.var("MICROSECOND"), epoch, moment])
 
 
+_DECIMAL = re.compile(r"decimal\((\d+),\s*(\d+)\)")
+# A decimal of this many digits at most (unscaled) is carried exactly through a DOUBLE and back:
+# below 2^50 the two roundings (to a double, then times the scale) err by far less than one.
+_EXACT_DIGITS = 15
+
+
+def _decimal_sum(node: exp.Expr, schema: Schema) -> exp.Expr:
+    """``sum(x)`` of a DECIMAL(p, s) → the sum of its unscaled values as a BIGINT, scaled back.
+
+    Spark keeps the sum of a DECIMAL(p, s) as a DECIMAL(p + 10, s), in a Java ``BigDecimal``
+    per group once p + 10 is above 18: the plan's points sums (DECIMAL(18, 2) and wider) cost
+    a third more than summing longs. The unscaled value is read through a DOUBLE
+    (``rint(x * 10^s)``), which is exact while ``|x| * 10^s`` stays below 10^15; any value
+    beyond fails the query with ``raise_error`` rather than summing inexactly. The sum, and
+    its type, are DuckDB's and Spark's own; a BIGINT total beyond 2^63 fails too (ANSI
+    arithmetic), where DuckDB's cast of the sum to DECIMAL(18, 2) would fail sooner. Sums in
+    window functions, of DISTINCT values, and of values whose type cannot be told from
+    ``schema`` are left as they are.
+    """
+    if not isinstance(node, exp.Sum) or isinstance(node.parent, exp.Window | exp.Filter):
+        return node
+    if isinstance(node.this, exp.Distinct):
+        return node
+    kind = _decimal_type(node.this, schema)
+    if kind is None or kind[1] > _EXACT_DIGITS - 1:
+        return node
+    precision, scale = kind
+
+    def x() -> exp.Expr:
+        return exp.paren(node.this.copy(), copy=False)
+
+    as_double = exp.cast(x(), exp.DataType.Type.DOUBLE)
+    unscaled = exp.cast(
+        exp.func("RINT", exp.Mul(this=as_double.copy(), expression=exp.Literal.number(10**scale))),
+        exp.DataType.Type.BIGINT,
+    )
+    bound = exp.Literal.number(f"1e{_EXACT_DIGITS - scale}")
+    refused = exp.func(
+        "RAISE_ERROR",
+        exp.Literal.string(
+            f"civiscore on Spark sums a DECIMAL with {scale} decimals exactly only for values "
+            f"below 1e{_EXACT_DIGITS - scale} in magnitude"
+        ),
+    )
+    summed: exp.Expr = exp.cast(
+        exp.Sum(
+            this=exp.Case(
+                ifs=[
+                    exp.If(this=exp.Is(this=x(), expression=exp.Null()), true=exp.Null()),
+                    exp.If(
+                        this=exp.LT(this=exp.Abs(this=as_double), expression=bound),
+                        true=unscaled,
+                    ),
+                ],
+                default=refused,
+            )
+        ),
+        exp.DataType.build("DECIMAL(20, 0)"),
+    )
+    if scale:
+        summed = exp.Mul(this=summed, expression=exp.Literal.number(f"{10**-scale:.{scale}f}"))
+    # The type Spark gives the sum of a DECIMAL(p, s).
+    return exp.cast(summed, exp.DataType.build(f"DECIMAL({min(38, precision + 10)}, {scale})"))
+
+
+def _decimal_type(node: exp.Expr, schema: Schema) -> tuple[int, int] | None:
+    """(precision, scale) of a DECIMAL expression, when its type can be told; else None.
+
+    >>> t = {"g": {"total": "decimal(18,2)", "n": "bigint"}}
+    >>> q = sqlglot.parse_one(
+    ...     "SELECT g.total, CAST(g.n AS DECIMAL(9, 1)), CASE WHEN g.n > 0 THEN g.total END, "
+    ...     "CASE WHEN g.n > 0 THEN g.total ELSE 0 END, g.n FROM g"
+    ... )
+    >>> [_decimal_type(e, t) for e in q.expressions]
+    [(18, 2), (9, 1), (18, 2), None, None]
+    """
+    if isinstance(node, exp.Paren):
+        return _decimal_type(node.this, schema)
+    if isinstance(node, exp.Cast):
+        found = _DECIMAL.fullmatch(node.to.sql(dialect="spark").lower().replace(" ", ""))
+    elif isinstance(node, exp.Column):
+        kind = _column_type(node, schema)
+        found = None if kind is None else _DECIMAL.fullmatch(kind.replace(" ", ""))
+    elif isinstance(node, exp.Case) and not node.this:
+        branches = [i.args["true"] for i in node.args["ifs"]]
+        if node.args.get("default") is not None:
+            branches.append(node.args["default"])
+        kinds = {_decimal_type(b, schema) for b in branches if not isinstance(b, exp.Null)}
+        return kinds.pop() if len(kinds) == 1 and None not in kinds else None
+    else:
+        return None
+    return None if found is None else (int(found.group(1)), int(found.group(2)))
+
+
 REWRITES: tuple[Callable[[exp.Expr, Schema], exp.Expr], ...] = (
     _months_and_days,
     _single_unit_interval,
+    _decimal_sum,
     _duckdb_round,
     _star_using,
     _isnan,
