@@ -8,8 +8,10 @@ In one local Spark session, over ``<workdir>/parquet-<tag>/records.parquet``, th
 in scope at (T, K) are counted per subject three ways, alternating, ``--runs`` times each:
 
 - **plain:** no retractions dropped (the baseline: the scan and the aggregation alone);
-- **ids:** dropped as the plan's ``live`` stage drops them, a broadcast left join on (subject,
-  department, record id) and a null test, which decodes and hashes two strings of every record;
+- **ids:** dropped as the plan's ``live`` stage drops them from records without
+  ``withdrawn_since`` (before the eleventh session, from every export), a broadcast left join on
+  (subject, department, record id) and a null test, which decodes and hashes two strings of
+  every record;
 - **subject first:** the records of subjects with no retraction kept by a join on the subject
   alone, and only the others' checked on their ids (two scans, unioned).
 

@@ -536,6 +536,22 @@ def test_refuses_bad_input(spark: SparkSession, tmp_path: Path) -> None:
     assert "column 'department' is missing" in message
     assert "column 'occurred_at' is timestamp, expected timestamp_ntz" in message
     assert "without a time zone" in message
+    assert WITHDRAWN_SINCE not in message  # optional: not asked for when absent
+
+
+def test_refuses_a_withdrawn_since_of_another_type(
+    spark: SparkSession, city: Workspace, tmp_path: Path
+) -> None:
+    """The optional column, when there, is checked as the others are: a zoned time would shift
+    every withdrawal by the session's offset."""
+    records, subjects, _ = export_store(city.store.con, tmp_path / "parquet")
+    zoned = tmp_path / "zoned.parquet"
+    duckdb.execute(
+        f"COPY (SELECT * REPLACE (CAST({WITHDRAWN_SINCE} AS TIMESTAMPTZ) AS {WITHDRAWN_SINCE}) "
+        f"FROM read_parquet('{records}/*.parquet')) TO '{zoned}' (FORMAT parquet)"
+    )
+    with pytest.raises(SparkInputError, match=f"{zoned}: records: column '{WITHDRAWN_SINCE}'"):
+        SparkEngine(spark, zoned, subjects)
 
 
 # -- the translation, rewrite by rewrite: the same DuckDB SQL in both engines -------------------

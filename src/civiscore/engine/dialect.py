@@ -315,8 +315,8 @@ def _epoch_us(node: exp.Expr, schema: Schema) -> exp.Expr:
 
 
 _DECIMAL = re.compile(r"decimal\((\d+),\s*(\d+)\)")
-# A decimal of this many digits at most (unscaled) is carried exactly through a DOUBLE and back:
-# below 2^50 the two roundings (to a double, then times the scale) err by far less than one.
+# A decimal whose unscaled value is below 10^this is carried exactly through a DOUBLE and back:
+# below 2^50 the two roundings (to a double, then times the scale) err by far less than a half.
 _EXACT_DIGITS = 15
 
 

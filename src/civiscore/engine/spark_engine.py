@@ -12,7 +12,8 @@ The input is the store's ``records`` and ``subjects`` tables as Parquet (:func:`
 writes them from a DuckDB store) with DuckDB's column types: timestamps without a time zone,
 which Spark reads as ``TIMESTAMP_NTZ``; optionally also its ``subject_firsts``
 (:mod:`civiscore.store.firsts`), from which the population is found as the DuckDB engine finds
-it, instead of a pass over every record.
+it, instead of a pass over every record, and with each record when it was withdrawn
+(:data:`WITHDRAWN_SINCE`), which spares matching every record's ids against the retractions.
 """
 
 from __future__ import annotations
@@ -420,11 +421,13 @@ class SparkEngine:
         self.subjects_parquet = str(subjects_parquet)
         self.firsts_parquet = None if firsts_parquet is None else str(firsts_parquet)
         self.cache = cache
-        _check(spark, self.records_parquet, "records", RECORDS_SCHEMA)
-        self.records_schema = dict(RECORDS_SCHEMA)
-        if WITHDRAWN_SINCE in spark.read.parquet(self.records_parquet).schema.fieldNames():
-            self.records_schema[WITHDRAWN_SINCE] = TimestampNTZType()
-            _check(spark, self.records_parquet, "records", self.records_schema)
+        self.records_schema = _check(
+            spark,
+            self.records_parquet,
+            "records",
+            RECORDS_SCHEMA,
+            optional={WITHDRAWN_SINCE: TimestampNTZType()},
+        )
         _check(spark, self.subjects_parquet, "subjects", SUBJECTS_SCHEMA)
         if self.firsts_parquet is not None:
             _check(spark, self.firsts_parquet, firsts.TABLE, FIRSTS_SCHEMA)
@@ -587,16 +590,28 @@ def _struct(schema: dict[str, DataType]) -> StructType:
     return StructType([StructField(name, kind) for name, kind in schema.items()])
 
 
-def _check(spark: SparkSession, path: str, table: str, schema: dict[str, DataType]) -> None:
-    """Refuse a Parquet input with missing columns, or with types that would change results."""
+def _check(
+    spark: SparkSession,
+    path: str,
+    table: str,
+    schema: dict[str, DataType],
+    optional: dict[str, DataType] | None = None,
+) -> dict[str, DataType]:
+    """Refuse a Parquet input with missing columns, or with types that would change results.
+
+    Returns:
+        The columns to read: ``schema``, and those of ``optional`` the input has.
+    """
     if "://" not in path and not Path(path).exists():
         raise SparkInputError(
             f"{path}: no such file or directory; write the store's {table} table as Parquet "
             "first (civiscore.engine.spark_engine.export_store)"
         )
     found = {f.name: f.dataType for f in spark.read.parquet(path).schema.fields}
+    wanted_columns = dict(schema)
+    wanted_columns.update({c: t for c, t in (optional or {}).items() if c in found})
     problems = []
-    for column, wanted in schema.items():
+    for column, wanted in wanted_columns.items():
         got = found.get(column)
         if got is None:
             problems.append(f"column {column!r} is missing")
@@ -611,3 +626,4 @@ def _check(spark: SparkSession, path: str, table: str, schema: dict[str, DataTyp
             else ""
         )
         raise SparkInputError(f"{path}: {table}: " + "; ".join(problems) + hint)
+    return wanted_columns
