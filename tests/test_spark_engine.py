@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from decimal import Decimal
@@ -271,6 +272,29 @@ def test_the_retractions_are_broadcast_not_shuffled_against_every_record(
     finally:
         engine.release()
         spark.conf.set("spark.sql.autoBroadcastJoinThreshold", str(before))
+
+
+def test_the_matches_are_shuffled_once_by_subject(
+    city: Workspace, spark: SparkSession, exported: tuple[Path, Path, Path]
+) -> None:
+    """The matches are moved to their subject's partition once; the sums per subject, rule and
+    year, per subject and context, and per subject (the totals ``scores`` reads) then need no
+    shuffle of their own. Uncached, so that the plan shows every step from the records."""
+    records, subjects, _ = exported
+    engine = SparkEngine(spark, records, subjects, cache=False)
+    before = spark.conf.get("spark.sql.shuffle.partitions")
+    spark.conf.set("spark.sql.shuffle.partitions", "3")  # the tests' one would hide the point
+    try:
+        at, known = QUESTIONS[next(iter(QUESTIONS))]
+        session = engine.evaluate(city.rulebook_at(at), at, known)
+        for sql in ("SELECT * FROM points", "SELECT sid, sum(points) FROM points GROUP BY sid"):
+            plan = str(session.sql(f"EXPLAIN {sql}").collect()[0][0])
+            shuffles = [line for line in plan.splitlines() if re.search(r"\bExchange ", line)]
+            assert len(shuffles) == 1, plan
+            assert "Exchange hashpartitioning(sid#" in shuffles[0], plan
+            assert ", 3), REPARTITION_BY_NUM" in shuffles[0], plan
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", str(before))
 
 
 def test_the_population_from_first_records_as_the_duckdb_engine_finds_it(

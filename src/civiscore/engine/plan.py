@@ -170,6 +170,38 @@ def rule_caps_sql(rb: Rulebook) -> str:
     )
 
 
+def _rule_context(rb: Rulebook, rule_no: str) -> str:
+    """SQL for the context of the rule numbered ``rule_no`` (as in :func:`rules_values_sql`).
+
+    >>> from civiscore.rulebook.load import demo_rulebook_path, load
+    >>> _rule_context(load(demo_rulebook_path()), "n")[:46]
+    "CASE WHEN n IN (0, 1, 2, 3, 4) THEN 'transport'"
+    """
+    numbers: dict[str, list[int]] = {}
+    for no, rule in enumerate(rb.rules):
+        numbers.setdefault(_context_of(rb, rule.kind), []).append(no)
+    whens = " ".join(
+        f"WHEN {rule_no} IN ({', '.join(map(str, nos))}) THEN {_q(context)}"
+        for context, nos in numbers.items()
+    )
+    return f"CASE {whens} END" if whens else "CAST(NULL AS VARCHAR)"
+
+
+def _capped_total(rb: Rulebook, rule_no: str, total: str) -> str:
+    """SQL for what a group's ``total`` of the rule numbered ``rule_no`` adds to its context:
+    all of it, or for a capped rule at most the cap."""
+    caps: dict[float, list[int]] = {}
+    for no, rule in enumerate(rb.rules):
+        if rule.cap is not None:
+            caps.setdefault(rule.cap.max_points, []).append(no)
+    whens = " ".join(
+        f"WHEN {rule_no} IN ({', '.join(map(str, nos))}) "
+        f"THEN CAST(least({total}, {_num(cap)}) AS {POINTS})"
+        for cap, nos in caps.items()
+    )
+    return f"CASE {whens} ELSE {total} END" if whens else total
+
+
 def _context_of(rb: Rulebook, kind: str) -> str:
     found = rb.kind(kind)
     assert found is not None
@@ -483,14 +515,17 @@ def _totals(rb: Rulebook) -> list[Stage]:
             FROM matched
             GROUP BY sid, rule_no, cap_year""",
         ),
+        # A rule's context and cap from its number by CASE, not by a join with the rules: an
+        # engine that has ``groups`` partitioned by subject then sums per subject and context,
+        # and later per subject, without moving a row (Spark shuffled ``groups`` again for the
+        # join; docs/benchmarks.md).
         Stage(
             "points",
-            f"""SELECT g.sid, rc.context,
-                   sum(CASE WHEN rc.cap IS NULL THEN g.total
-                            ELSE CAST(least(g.total, rc.cap) AS {POINTS}) END) AS points,
-                   CAST(sum(g.records) AS BIGINT) AS records
-            FROM groups g JOIN {rule_caps_sql(rb)} rc ON rc.rule_no = g.rule_no
-            GROUP BY g.sid, rc.context""",
+            f"""SELECT sid, {_rule_context(rb, "rule_no")} AS context,
+                   sum({_capped_total(rb, "rule_no", "total")}) AS points,
+                   CAST(sum(records) AS BIGINT) AS records
+            FROM groups
+            GROUP BY sid, context""",
         ),
         # A table, so that ``groups`` (larger) can be dropped once it is built; kept by the
         # rule's number, an integer, so that it holds less memory until the snapshot is written.
