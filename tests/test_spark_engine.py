@@ -17,8 +17,14 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import re
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -496,20 +502,33 @@ def test_score_engine_spark_on_the_command_line(
 
     from civiscore.cli import app
 
-    city.store.con.execute("CHECKPOINT")
-    home = tmp_path / "home"
-    home.mkdir()
-    for name in ("store.duckdb", "pseudonym.key"):
-        shutil.copy2(city.home / name, home / name)
+    home = _copy_home(city, tmp_path / "home")
     runner = CliRunner(env={"CIVISCORE_HOME": None, "CIVISCORE_KEY_FILE": None})
-    at, known = "2026-10-31", "2026-12-31"
     ids = {}
     for engine in ("duckdb", "spark"):
-        args = ["--home", str(home), "score", "--at", at, "--known-at", known, "--json"]
+        args = ["--home", str(home), "score", "--at", CLI_AT, "--known-at", CLI_KNOWN, "--json"]
         result = runner.invoke(app, [*args, "--engine", engine])
         assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
         ids[engine] = json.loads(result.stdout)["snapshot_id"]
     assert (home / "parquet" / "records.parquet").exists()
+    _assert_same_snapshots(home, ids["duckdb"], ids["spark"])
+
+
+CLI_AT, CLI_KNOWN = "2026-10-31", "2026-12-31"
+
+
+def _copy_home(city: Workspace, home: Path) -> Path:
+    """A copy of the city's home, to score from the command line without touching the city."""
+    city.store.con.execute("CHECKPOINT")
+    home.mkdir()
+    for name in ("store.duckdb", "pseudonym.key"):
+        shutil.copy2(city.home / name, home / name)
+    return home
+
+
+def _assert_same_snapshots(home: Path, duck_id: int, spark_id: int) -> None:
+    """The two snapshots hold the same rows in every table, and the Spark one can be the base
+    of an incremental score like any other."""
     con = duckdb.connect(str(home / "store.duckdb"))
     try:
         for table, columns in SNAPSHOT_TABLES.items():
@@ -517,20 +536,109 @@ def test_score_engine_spark_on_the_command_line(
             def rows(snapshot_id: int, table: str = table, columns: str = columns) -> str:
                 return f"SELECT {columns} FROM {table} WHERE snapshot_id = {snapshot_id}"
 
-            duck, spark_ = rows(ids["duckdb"]), rows(ids["spark"])
+            duck, spark_ = rows(duck_id), rows(spark_id)
             counts = con.execute(
                 f"SELECT (SELECT count(*) FROM ({duck})), (SELECT count(*) FROM ({spark_})), "
                 f"(SELECT count(*) FROM (({duck} EXCEPT ALL {spark_}) "
                 f"UNION ALL ({spark_} EXCEPT ALL {duck})))"
             ).fetchall()[0]
             assert counts[0] == counts[1] > 0 and counts[2] == 0, (table, counts)
-        # The Spark snapshot is the base of an incremental score like any other.
         lineage = con.execute(
-            f"SELECT records_seen FROM snapshot_lineage WHERE snapshot_id = {ids['spark']}"
+            f"SELECT records_seen FROM snapshot_lineage WHERE snapshot_id = {spark_id}"
         ).fetchall()
         assert lineage == con.execute("SELECT count(*) FROM records").fetchall()
     finally:
         con.close()
+
+
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _master_state(ui_port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{ui_port}/json/", timeout=5) as response:
+        state: dict[str, Any] = json.load(response)
+        return state
+
+
+@pytest.fixture(scope="module")
+def standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """A Spark standalone cluster on this machine: a master and one worker, each its own JVM,
+    started with the launcher pyspark ships (``bin/spark-class``). Yields the master's URL and
+    its web UI's port (whose ``/json/`` tells its workers and applications)."""
+    from pyspark.find_spark_home import _find_spark_home
+
+    launcher = str(Path(_find_spark_home()) / "bin" / "spark-class")
+    work = tmp_path_factory.mktemp("standalone")
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1", "SPARK_DAEMON_MEMORY": "512m"}
+    port, ui, worker_ui = _free_ports(3)
+    url = f"spark://127.0.0.1:{port}"
+    master = ["--host", "127.0.0.1", "--port", str(port), "--webui-port", str(ui)]
+    worker = [url, "--host", "127.0.0.1", "--cores", "2", "--memory", "2g"]
+    worker += ["--webui-port", str(worker_ui), "--work-dir", str(work / "work")]
+    daemons = [
+        ["org.apache.spark.deploy.master.Master", *master],
+        ["org.apache.spark.deploy.worker.Worker", *worker],
+    ]
+    running: list[subprocess.Popen[bytes]] = []
+    try:
+        for i, args in enumerate(daemons):
+            with (work / f"daemon-{i}.log").open("wb") as log:
+                running.append(subprocess.Popen([launcher, *args], env=env, stdout=log, stderr=log))
+        deadline = time.monotonic() + 120
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                if _master_state(ui).get("aliveworkers", 0) >= 1:
+                    break
+            logs = "\n".join(p.read_text() for p in sorted(work.glob("daemon-*.log")))
+            assert time.monotonic() < deadline, f"no worker joined {url} in 120 s:\n{logs}"
+            assert all(d.poll() is None for d in running), f"a daemon stopped:\n{logs}"
+            time.sleep(1)
+        yield url, ui
+    finally:
+        for daemon in reversed(running):
+            daemon.terminate()
+            try:
+                daemon.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+
+
+def test_score_engine_spark_on_a_standalone_cluster(
+    city: Workspace, standalone: tuple[str, int], tmp_path: Path
+) -> None:
+    """``civiscore score --engine spark --master spark://…`` stores the DuckDB engine's
+    snapshot, scored by the cluster's executor (a JVM of its own, with Spark's cluster
+    settings: compressed caches, shuffles between processes). Run as its own process: in this
+    one, the test session's local Spark would be reused and the master ignored."""
+    url, ui = standalone
+    home = _copy_home(city, tmp_path / "home")
+    env = {k: v for k, v in os.environ.items() if k not in ("CIVISCORE_HOME", "CIVISCORE_KEY_FILE")}
+    env["SPARK_LOCAL_IP"] = "127.0.0.1"
+    ids = {}
+    for engine, extra in (("duckdb", []), ("spark", ["--master", url])):
+        args = ["--home", str(home), "score", "--at", CLI_AT, "--known-at", CLI_KNOWN, "--json"]
+        done = subprocess.run(
+            [sys.executable, "-m", "civiscore", *args, "--engine", engine, *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        ids[engine] = json.loads(done.stdout)["snapshot_id"]
+    _assert_same_snapshots(home, ids["duckdb"], ids["spark"])
+    # Scored on the cluster, not in a local Spark of the command's own.
+    apps = _master_state(ui)["completedapps"]
+    assert [app["name"] for app in apps] == ["civiscore"], apps
+    assert apps[0]["cores"] > 0, apps
 
 
 def test_write_snapshot(spark: SparkSession, tmp_path: Path) -> None:
