@@ -29,8 +29,15 @@ What it measures, in one process and one Spark session:
    (``EXCEPT ALL`` both ways). Any difference fails the benchmark.
 
 Memory: the JVM's peak resident set (``VmHWM`` of the driver, which in local mode runs the
-executors' tasks too) and this Python process's own peak (``ru_maxrss``). Results go to the
-console, to ``<workdir>/spark-results-<tag>-c<cores>.json`` and as a Markdown row to stdout.
+executors' tasks too), with ``--master`` also the peak of this machine's executor JVMs, and
+this Python process's own peak (``ru_maxrss``). Results go to the console, to
+``<workdir>/spark-results-<tag>-c<cores>.json`` and as a Markdown row to stdout.
+
+``--master spark://127.0.0.1:7077`` runs the same on a standalone cluster started on this
+machine (docs/scale.md says how): the session the command line builds for a cluster, with
+Spark's default settings (compressed caches) and the plan's tasks in the worker's executor,
+shuffling between processes; ``--cores`` is then the worker's business, and the memory of
+each JVM is set through ``PYSPARK_SUBMIT_ARGS`` (``--driver-memory``, ``--executor-memory``).
 """
 
 from __future__ import annotations
@@ -60,7 +67,13 @@ from score_bench import (
 )
 
 from civiscore.engine.incremental import SNAPSHOT_TABLES
-from civiscore.engine.spark_engine import SparkEngine, export_store, local_session, write_snapshot
+from civiscore.engine.spark_engine import (
+    SparkEngine,
+    cluster_session,
+    export_store,
+    local_session,
+    write_snapshot,
+)
 from civiscore.rulebook.model import Rulebook
 from civiscore.synth.city import DEFAULT_END
 from civiscore.timeutil import now_local
@@ -95,6 +108,22 @@ def jvm_peak_mib(spark: SparkSession) -> float | None:
     except OSError:
         pass
     return None
+
+
+def executor_peak_mib() -> float | None:
+    """Peak resident memory of this machine's Spark executor JVMs (a standalone worker's), or
+    None when there is none: with ``--master``, the plan's tasks run there, not in the driver."""
+    peaks = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if b"CoarseGrainedExecutorBackend" not in (proc / "cmdline").read_bytes():
+                continue
+            for line in (proc / "status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peaks.append(int(line.split()[1]) / 1024)
+        except OSError:
+            continue
+    return max(peaks) if peaks else None
 
 
 def differences(
@@ -141,6 +170,8 @@ class Results:
     floor_subjects: int
     load_average: dict[str, list[float]]
     jvm_peak_mib: float | None
+    executor_peak_mib: float | None
+    master: str
     python_peak_mib: float
     differences: dict[str, int] | None
 
@@ -186,6 +217,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="5GB",
         help="DuckDB's memory limit for the export and identity check (score_bench.py's option)",
     )
+    p.add_argument(
+        "--master",
+        help="a cluster's master URL (spark://host:7077): the session the command line builds "
+        "for it (cluster_session, Spark's default settings) instead of local[cores]",
+    )
+    p.add_argument("--executor-memory", default="12g", help="with --master: spark.executor.memory")
     p.add_argument("--runs", type=int, default=2, help="score and floor runs; the best counts")
     p.add_argument("--no-verify", action="store_true", help="skip the DuckDB identity check")
     return p.parse_args(argv)
@@ -224,14 +261,25 @@ def main(argv: list[str] | None = None) -> int:
 
         console.rule("session start-up")
         start = time.perf_counter()
-        spark = local_session(
-            cores=args.cores,
-            shuffle_partitions=args.shuffle_partitions,
-            driver_memory=args.driver_memory,
-        )
+        if args.master:
+            # Memory is the launcher's to set, before the driver's JVM starts.
+            os.environ.setdefault(
+                "PYSPARK_SUBMIT_ARGS",
+                f"--driver-memory {args.driver_memory} "
+                f"--conf spark.executor.memory={args.executor_memory} pyspark-shell",
+            )
+            spark = cluster_session(args.master)
+            spark.conf.set("spark.sql.shuffle.partitions", str(args.shuffle_partitions))
+        else:
+            spark = local_session(
+                cores=args.cores,
+                shuffle_partitions=args.shuffle_partitions,
+                driver_memory=args.driver_memory,
+            )
         spark.range(1).count()
         startup = time.perf_counter() - start
-        console.print(f"Spark {spark.version} local[{args.cores}] ready in {startup:.1f} s")
+        where = args.master or f"local[{args.cores}]"
+        console.print(f"Spark {spark.version} {where} ready in {startup:.1f} s")
         try:
             engine = SparkEngine(spark, records_file, subjects_file, firsts_file)
             spark.read.parquet(str(records_file)).createOrReplaceTempView("records")
@@ -265,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             load_after = os.getloadavg()
             floor_subjects = spark.read.parquet(str(floor_dir)).count()
             jvm_peak = jvm_peak_mib(spark)
+            executor_peak = executor_peak_mib()
             version = spark.version
         finally:
             spark.stop()
@@ -315,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
             "after": [round(x, 2) for x in load_after],
         },
         jvm_peak_mib=jvm_peak,
+        executor_peak_mib=executor_peak,
+        master=args.master or f"local[{args.cores}]",
         python_peak_mib=round(ru_maxrss_mib(), 1),
         differences=diffs,
     )
