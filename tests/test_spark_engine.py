@@ -633,6 +633,8 @@ def test_score_engine_spark_on_a_standalone_cluster(
             timeout=600,
         )
         assert done.returncode == 0, (done.stdout, done.stderr)
+        # The plan's own broadcast hints are not worth a warning (_quiet_hint_warnings).
+        assert "HintErrorLogger" not in done.stderr, done.stderr
         ids[engine] = json.loads(done.stdout)["snapshot_id"]
     _assert_same_snapshots(home, ids["duckdb"], ids["spark"])
     # Scored on the cluster, not in a local Spark of the command's own.

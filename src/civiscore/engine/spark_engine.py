@@ -443,6 +443,7 @@ class SparkEngine:
         _check(spark, self.subjects_parquet, "subjects", SUBJECTS_SCHEMA)
         if self.firsts_parquet is not None:
             _check(spark, self.firsts_parquet, firsts.TABLE, FIRSTS_SCHEMA)
+        _quiet_hint_warnings(spark)
         self._cached: list[DataFrame] = []
 
     def evaluate(
@@ -562,6 +563,23 @@ class SparkEngine:
         for frame in self._cached:
             frame.unpersist()
         self._cached.clear()
+
+
+def _quiet_hint_warnings(spark: SparkSession) -> None:
+    """Silence Spark's warning that a broadcast hint "is not part of a join relation".
+
+    A small stage is registered with its hint (BROADCAST_ROWS) for the joins that read it; every
+    other read of it (a snapshot's query, a filter) makes Spark log that warning, which says
+    nothing wrong, half a dozen times a score on a cluster's session (a local session logs
+    errors only). Only that logger is set to errors.
+    """
+    jvm = getattr(spark.sparkContext, "_jvm", None)
+    if jvm is None:
+        return
+    log4j = jvm.org.apache.logging.log4j
+    log4j.core.config.Configurator.setLevel(
+        "org.apache.spark.sql.catalyst.analysis.HintErrorLogger", log4j.Level.ERROR
+    )
 
 
 def worth_caching(plan: list[Stage]) -> set[str]:
