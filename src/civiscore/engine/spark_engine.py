@@ -573,7 +573,10 @@ def _quiet_hint_warnings(spark: SparkSession) -> None:
     nothing wrong, half a dozen times a score on a cluster's session (a local session logs
     errors only). Only that logger is set to errors.
     """
-    jvm = getattr(spark.sparkContext, "_jvm", None)
+    try:
+        jvm = spark.sparkContext._jvm
+    except Exception:  # no JVM in this process (Spark Connect): its logging is left as it is
+        return
     if jvm is None:
         return
     log4j = jvm.org.apache.logging.log4j
