@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner, Result
 
 from civiscore.cli import app
-from civiscore.engine import duckdb_engine, incremental, tallies
+from civiscore.engine import duckdb_engine, incremental, plan, tallies
 from civiscore.engine.incremental import LINEAGE, SNAPSHOT_TABLES
 from civiscore.ids import pseudonym, subject_type
 from civiscore.rulebook import registry
@@ -746,7 +746,9 @@ def test_shift_bounds_hold_for_every_day_of_a_century(months: int, days: int) ->
 
 
 def test_doctests() -> None:
-    assert doctest.testmod(incremental).failed == 0
+    for module in (incremental, plan, tallies):
+        result = doctest.testmod(module)
+        assert result.attempted > 0 and result.failed == 0, module.__name__
 
 
 # -- the command line ---------------------------------------------------------------------------

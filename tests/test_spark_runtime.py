@@ -126,3 +126,10 @@ def test_ci_requires_every_optional_backend() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     for variable in ("POSTGRES", "BROWSER", "SPARK"):
         assert f"export CIVISCORE_REQUIRE_{variable}=1" in ci, variable
+
+
+def test_doctests() -> None:
+    import doctest
+
+    result = doctest.testmod(spark_runtime)
+    assert result.attempted > 0 and result.failed == 0

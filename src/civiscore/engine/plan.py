@@ -157,24 +157,11 @@ def rules_values_sql(rb: Rulebook, at: dt.datetime | None = None) -> str:
     )
 
 
-def rule_caps_sql(rb: Rulebook) -> str:
-    """One row per rule: its number in :func:`rules_values_sql`, id, context and yearly cap."""
-    rows = [
-        f"({no}, {_q(rule.id)}, {_q(_context_of(rb, rule.kind))}, "
-        f"{_num(rule.cap.max_points if rule.cap else None)})"
-        for no, rule in enumerate(rb.rules)
-    ] or ["(NULL, NULL, NULL, NULL)"]
-    return (
-        "(SELECT * FROM (VALUES " + ", ".join(rows) + ") AS rc(rule_no, rule_id, context, cap) "
-        "WHERE rule_no IS NOT NULL)"
-    )
-
-
-def _rule_context(rb: Rulebook, rule_no: str) -> str:
+def rule_context_sql(rb: Rulebook, rule_no: str) -> str:
     """SQL for the context of the rule numbered ``rule_no`` (as in :func:`rules_values_sql`).
 
     >>> from civiscore.rulebook.load import demo_rulebook_path, load
-    >>> _rule_context(load(demo_rulebook_path()), "n")[:46]
+    >>> rule_context_sql(load(demo_rulebook_path()), "n")[:47]
     "CASE WHEN n IN (0, 1, 2, 3, 4) THEN 'transport'"
     """
     numbers: dict[str, list[int]] = {}
@@ -187,9 +174,10 @@ def _rule_context(rb: Rulebook, rule_no: str) -> str:
     return f"CASE {whens} END" if whens else "CAST(NULL AS VARCHAR)"
 
 
-def _capped_total(rb: Rulebook, rule_no: str, total: str) -> str:
+def capped_total_sql(rb: Rulebook, rule_no: str, total: str) -> str:
     """SQL for what a group's ``total`` of the rule numbered ``rule_no`` adds to its context:
-    all of it, or for a capped rule at most the cap."""
+    all of it, or for a capped rule at most the cap (the plan's ``points``, and a daily update's
+    moves in :mod:`civiscore.engine.tallies`)."""
     caps: dict[float, list[int]] = {}
     for no, rule in enumerate(rb.rules):
         if rule.cap is not None:
@@ -521,8 +509,8 @@ def _totals(rb: Rulebook) -> list[Stage]:
         # join; docs/benchmarks.md).
         Stage(
             "points",
-            f"""SELECT sid, {_rule_context(rb, "rule_no")} AS context,
-                   sum({_capped_total(rb, "rule_no", "total")}) AS points,
+            f"""SELECT sid, {rule_context_sql(rb, "rule_no")} AS context,
+                   sum({capped_total_sql(rb, "rule_no", "total")}) AS points,
                    CAST(sum(records) AS BIGINT) AS records
             FROM groups
             GROUP BY sid, context""",

@@ -54,7 +54,13 @@ from collections.abc import Sequence
 import duckdb
 
 from civiscore.engine.incremental import LINEAGE, changes_sql, window_sql, within_horizon_sql
-from civiscore.engine.plan import POINTS, matched_sql, rule_caps_sql, stages
+from civiscore.engine.plan import (
+    POINTS,
+    capped_total_sql,
+    matched_sql,
+    rule_context_sql,
+    stages,
+)
 from civiscore.rulebook.model import Rulebook
 from civiscore.store import kind_records, withdrawals
 from civiscore.store.base import Snapshot
@@ -257,7 +263,7 @@ def _points(
     )
 
     def capped(total: str) -> str:  # as the plan's totals cap a group
-        return f"CAST(least({total}, rc.cap) AS {POINTS})"
+        return capped_total_sql(rb, "m.rule_no", total)
 
     cur.execute(
         f"""CREATE TEMP TABLE points AS
@@ -266,12 +272,12 @@ def _points(
         FROM (SELECT sid, context, points, records
               FROM {rows_sql("snapshot_contexts", chain)} c WHERE {mine}
               UNION ALL
-              SELECT m.sid, rc.context,
+              SELECT m.sid, {rule_context_sql(rb, "m.rule_no")},
                      CASE WHEN m.cap_year IS NULL THEN m.d_total
                           ELSE {capped("coalesce(b.total, 0) + m.d_total")}
                                - {capped("coalesce(b.total, 0)")} END,
                      m.d_records
-              FROM moves m JOIN {rule_caps_sql(rb)} rc ON rc.rule_no = m.rule_no
+              FROM moves m
               LEFT JOIN base_caps b
                 ON b.sid = m.sid AND b.rule_no = m.rule_no AND b.cap_year = m.cap_year) u
         GROUP BY sid, context
