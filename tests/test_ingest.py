@@ -532,3 +532,47 @@ def test_an_id_ordered_file_keeps_its_claim_through_blank_ids() -> None:
     assert not claim(["R1", "R2"], ["R2"])
     assert not claim(["\t", "R1"], ["\t"])
     assert not claim(["R2", "", "R1"])
+
+
+def test_a_batch_splits_into_accepted_and_rejected_rows_with_reasons() -> None:
+    """Each staged batch's rows are accepted or rejected once each, a rejected one with its
+    field and reason: rows whose line the parser could not tell (no row number) included."""
+    import duckdb
+
+    from civiscore.ingest.readers import RAW_SCHEMA, _malformed_table
+    from civiscore.ingest.validate import (
+        CHECKED,
+        REJECTED,
+        append_to_stage,
+        checks_sql,
+        create_stage,
+        prepare,
+    )
+    from civiscore.rulebook.load import demo_rulebook_path, load
+
+    dep = load(demo_rulebook_path()).departments["transport"]
+    checks = checks_sql("transport", dep, RECEIVED)
+    good = [_good(n) for n in range(1, 5)]
+    good[1]["kind"] = "transport.nope"
+    good[3]["occurred_at"] = "yesterday"
+    raw = pa.Table.from_pylist(
+        [
+            {"row": n, "line": n + 1, "malformed": None, **{k: str(v) for k, v in r.items()}}
+            for n, r in enumerate(good, start=1)
+        ],
+        schema=RAW_SCHEMA,
+    )
+    con = duckdb.connect()
+    create_stage(con)
+    append_to_stage(con, prepare(raw), checks)
+    append_to_stage(con, prepare(_malformed_table([(-1, "a,b"), (9, "c")], "torn")), checks)
+    append_to_stage(con, prepare(raw.slice(0, 1).set_column(0, "row", pa.array([5]))), checks)
+    assert con.execute(f"SELECT row FROM {CHECKED} ORDER BY row").fetchall() == [(1,), (3,), (5,)]
+    assert con.execute(
+        f"SELECT row, field, reason IS NOT NULL FROM {REJECTED} ORDER BY row NULLS FIRST"
+    ).fetchall() == [
+        (None, "line", True),
+        (2, "kind", True),
+        (4, "occurred_at", True),
+        (8, "line", True),
+    ]
