@@ -31,7 +31,8 @@ What it measures, in one process and one Spark session:
 Memory: the JVM's peak resident set (``VmHWM`` of the driver, which in local mode runs the
 executors' tasks too), with ``--master`` also the peak of this machine's executor JVMs, and
 this Python process's own peak (``ru_maxrss``). Results go to the console, to
-``<workdir>/spark-results-<tag>-c<cores>.json`` and as a Markdown row to stdout.
+``<workdir>/spark-results-<tag>-c<cores>.json`` (``spark-results-<tag>-cluster.json`` with
+``--master``, so that neither overwrites the other) and as a Markdown row to stdout.
 
 ``--master spark://127.0.0.1:7077`` runs the same on a standalone cluster started on this
 machine (docs/scale.md says how): the session the command line builds for a cluster, with
@@ -380,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     data = asdict(results)
     data["ratio"] = results.ratio
     data["markdown_row"] = results.markdown_row()
-    out = workdir / f"spark-results-{tag}-c{args.cores}.json"
+    out = workdir / f"spark-results-{tag}-{'cluster' if args.master else f'c{args.cores}'}.json"
     out.write_text(json.dumps(data, indent=2, default=str) + "\n")
     console.print(f"results written to {out}")
     print(results.markdown_header())
