@@ -22,7 +22,10 @@ from civiscore.ids import (
     RESIDENT_CHECK,
     USCC_ALPHABET,
     InvalidSubjectId,
+    id_from_key,
+    id_from_key_sql,
     id_types,
+    id_types_and_keys,
     is_resident_id,
     is_uscc,
     pseudonym,
@@ -353,3 +356,33 @@ def test_valid_ids_agrees_with_python(values: list[str]) -> None:
     assert id_types(arr).tolist() == [
         1 if is_resident_id(v) else 2 if is_uscc(v) else 0 for v in values
     ]
+
+
+@PROFILE
+@given(
+    st.tuples(
+        _candidates(resident_ids(), NEAR_RESIDENT, resident_check_char, DIGITS),
+        _candidates(usccs(), NEAR_USCC, uscc_check_char, USCC_ALPHABET),
+        st.lists(st.one_of(st.none(), st.text(max_size=20)), max_size=5),
+    ).map(lambda t: [*t[0], *t[1], *t[2]])
+)
+@example([RESIDENT, USCC, RESIDENT, None, "", "0" * 18, "Y" * 17 + uscc_check_char("Y" * 17)])
+def test_an_ids_number_spells_it_and_no_other(
+    con: duckdb.DuckDBPyConnection, values: list[str | None]
+) -> None:
+    # Ingestion groups and joins a file's rows by this number instead of the ID: two IDs with
+    # one number would be stored as one subject, and the pseudonym is hashed from its spelling.
+    arr = pa.array(values, pa.string())
+    types, keys = id_types_and_keys(arr)
+    assert types.tolist() == id_types(arr).tolist()
+    numbers = keys.to_pylist()
+    for value, kind, number in zip(values, types.tolist(), numbers, strict=True):
+        assert (number is None) == (kind == 0)
+        if number is not None:
+            assert id_from_key(int(number)) == value
+    valid = {v for v, n in zip(values, numbers, strict=True) if n is not None}
+    assert len({n for n in numbers if n is not None}) == len(valid)
+    keyed = pa.table({"k": keys})  # noqa: F841 (read by DuckDB by name)
+    sql = f"SELECT {id_from_key_sql('k')} FROM (SELECT CAST(k AS HUGEINT) AS k FROM keyed)"
+    spelled = [r[0] for r in con.execute(sql).fetchall()]
+    assert spelled == [v if n is not None else None for v, n in zip(values, numbers, strict=True)]

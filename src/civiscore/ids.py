@@ -153,13 +153,114 @@ def id_types(values: pa.StringArray | pa.ChunkedArray) -> npt.NDArray[np.int8]:
 
     As :func:`valid_ids`; ingestion uses it to tell persons from organisations, on every row.
     """
+    return _typed(values)[0]
+
+
+def id_types_and_keys(
+    values: pa.StringArray | pa.ChunkedArray,
+) -> tuple[npt.NDArray[np.int8], pa.Array]:
+    """:func:`id_types`, and each valid ID as a number (:data:`ID_KEY_TYPE`; null when invalid).
+
+    Ingestion groups and joins a file's rows by this number rather than by the ID: comparing
+    two 128-bit integers is cheaper than comparing two 18-character strings, which DuckDB
+    cannot hold inline (80 million rows grouped in 5.6 s instead of 13). Two valid IDs get the
+    same number only if they are the same ID, and :func:`id_from_key` spells it back:
+
+    * a resident ID is its first 17 digits times 16 plus its check character (0-9, X as 10),
+      below 2^61, so that spelling it is mostly printing an integer;
+    * a credit code is its 18 characters in base 32, each its place in
+      :data:`USCC_ALPHABET`, plus :data:`USCC_FLAG`, so that the two kinds never meet.
+    """
+    types, m, rows = _typed(values)
+    n = len(types)
+    words = np.zeros((n, 2), dtype=np.uint64)  # each number as two little-endian 64-bit words
+    if m is not None:
+        kinds = types[rows]
+        # Every ID of 18 bytes as if a resident ID (what is not one is overwritten or null).
+        low = (_first17(m) << np.uint64(4)) | _RESIDENT_CHECK_VALUE[m[:, 17]].astype(np.uint64)
+        org = np.flatnonzero(kinds == 2)
+        if org.size:
+            v = _USCC_VALUE[m[org]].astype(np.uint64)  # every value 0-30 once the ID is valid
+            high = np.zeros(len(v), dtype=np.uint64)
+            rest = np.zeros(len(v), dtype=np.uint64)
+            for i in range(9):  # 45 bits of the first nine characters, 45 of the last nine
+                high = (high << np.uint64(5)) | v[:, i]
+                rest = (rest << np.uint64(5)) | v[:, 9 + i]
+            # high * 2^45 + rest + USCC_FLAG
+            low[org] = (high << np.uint64(45)) | rest
+            words[rows[org], 1] = (high >> np.uint64(19)) | np.uint64(USCC_FLAG >> 64)
+        if rows.size == n:
+            words[:, 0] = low
+        else:
+            words[rows, 0] = low
+    valid = pa.array(types != 0).buffers()[1]
+    return types, pa.Array.from_buffers(ID_KEY_TYPE, n, [valid, pa.py_buffer(words)])
+
+
+def _first17(m: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
+    """The number the first 17 bytes of each row of ``m`` spell when they are ASCII digits.
+
+    Eight digits at a time, read as one little-endian 64-bit word and combined in three steps
+    (pairs, fours, eights): a sixth of the time of looking up each digit and multiplying.
+    """
+    m = np.ascontiguousarray(m)
+    k = m.shape[0]
+    words = [np.ndarray((k,), dtype="<u8", buffer=m.data, offset=o, strides=(18,)) for o in (0, 8)]
+    eights = []
+    for w in words:
+        v = w - np.uint64(0x3030303030303030)
+        v = (v * np.uint64(10) + (v >> np.uint64(8))) & np.uint64(0x00FF00FF00FF00FF)
+        v = (v * np.uint64(100) + (v >> np.uint64(16))) & np.uint64(0x0000FFFF0000FFFF)
+        v = (v * np.uint64(10000) + (v >> np.uint64(32))) & np.uint64(0x00000000FFFFFFFF)
+        eights.append(v)
+    last = m[:, 16].astype(np.uint64) - np.uint64(48)
+    return eights[0] * np.uint64(10**9) + eights[1] * np.uint64(10) + last  # type: ignore[no-any-return]
+
+
+# The largest number, a credit code's, is below 2^101. DuckDB reads it as a DECIMAL(38, 0),
+# held as a 128-bit integer: kept so, since casting it to HUGEINT costs more than storing it.
+ID_KEY_TYPE = pa.decimal128(38, 0)
+USCC_FLAG = 1 << 100
+_RESIDENT_CHECK_VALUE = np.zeros(256, dtype=np.uint8)
+_RESIDENT_CHECK_VALUE[48:58] = np.arange(10)
+_RESIDENT_CHECK_VALUE[ord("X")] = 10
+
+
+def id_from_key(key: int) -> str:
+    """The ID a number of :func:`id_types_and_keys` stands for.
+
+    >>> id_from_key(int(id_types_and_keys(pa.array(["11010519491231002X"]))[1][0].as_py()))
+    '11010519491231002X'
+    """
+    if key < USCC_FLAG:
+        return f"{key >> 4:017d}" + "0123456789X"[key & 15]
+    return "".join(USCC_ALPHABET[(key >> (5 * (17 - i))) & 31] for i in range(18))
+
+
+def id_from_key_sql(column: str) -> str:
+    """DuckDB SQL of :func:`id_from_key` for a column of numbers (``HUGEINT``)."""
+    uscc = " || ".join(
+        f"substr('{USCC_ALPHABET}', CAST(({column} >> {5 * (17 - i)}) & 31 AS INTEGER) + 1, 1)"
+        for i in range(18)
+    )
+    return f"""CASE WHEN {column} < {USCC_FLAG}
+        THEN lpad(CAST(CAST({column} AS BIGINT) >> 4 AS VARCHAR), 17, '0')
+             || substr('0123456789X', CAST(CAST({column} AS BIGINT) & 15 AS INTEGER) + 1, 1)
+        ELSE {uscc} END"""
+
+
+def _typed(
+    values: pa.StringArray | pa.ChunkedArray,
+) -> tuple[npt.NDArray[np.int8], npt.NDArray[np.uint8] | None, npt.NDArray[np.intp]]:
+    """Per ID its type (:func:`id_types`), the ``k x 18`` byte matrix of the IDs of 18 bytes,
+    and the rows those are."""
     arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     n = len(arr)
     out = np.zeros(n, dtype=np.int8)
     lengths = pc.fill_null(pc.binary_length(arr.cast(pa.binary())), 0).to_numpy()
     rows = np.flatnonzero(lengths == 18)
     if rows.size == 0:
-        return out
+        return out, None, rows
     picked = arr if rows.size == n else arr.take(pa.array(rows))
     fixed = picked.cast(pa.binary()).cast(pa.binary(18))
     data = np.frombuffer(fixed.buffers()[1], dtype=np.uint8)
@@ -168,7 +269,7 @@ def id_types(values: pa.StringArray | pa.ChunkedArray) -> npt.NDArray[np.int8]:
     other = np.flatnonzero(kind == 0)  # only what is not a resident ID pays for the USCC check
     kind[other] = _uscc_rows(m[other]).astype(np.int8) * 2
     out[rows] = kind
-    return out
+    return out, m, rows
 
 
 # Ingest checks every row's ID (about 0.1 s a million rows): small integers, and byte lookups
