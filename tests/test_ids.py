@@ -8,6 +8,7 @@ lost (or found under the wrong pseudonym) by the other.
 from __future__ import annotations
 
 import datetime as dt
+import doctest
 import re
 from collections.abc import Callable, Iterator
 
@@ -386,3 +387,10 @@ def test_an_ids_number_spells_it_and_no_other(
     sql = f"SELECT {id_from_key_sql('k')} FROM (SELECT CAST(k AS HUGEINT) AS k FROM keyed)"
     spelled = [r[0] for r in con.execute(sql).fetchall()]
     assert spelled == [v if n is not None else None for v, n in zip(values, numbers, strict=True)]
+
+
+def test_doctests() -> None:
+    from civiscore import ids
+
+    result = doctest.testmod(ids)
+    assert result.attempted >= 6 and result.failed == 0
