@@ -15,9 +15,20 @@ START = dt.datetime(2025, 1, 1)
 
 # A record: (subject 1-3, occurred day 0-5, received day 0-5).
 _record = st.tuples(st.integers(1, 3), st.integers(0, 5), st.integers(0, 5))
-# Records stored in a few transactions, each folded afterwards or not.
+# Records stored in a few transactions, each folded afterwards or not. Half the transactions
+# are like a department file, every record received at once, which the fold sums more simply.
 _stores = st.lists(
-    st.tuples(st.lists(_record, min_size=1, max_size=8), st.booleans()), min_size=1, max_size=4
+    st.tuples(
+        st.one_of(
+            st.lists(_record, min_size=1, max_size=8),
+            st.tuples(st.lists(_record, min_size=1, max_size=8), st.integers(0, 5)).map(
+                lambda t: [(sid, occurred, t[1]) for sid, occurred, _ in t[0]]
+            ),
+        ),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=4,
 )
 
 
@@ -61,6 +72,8 @@ def _scanned(store: DuckDBStore, at: dt.datetime, known_at: dt.datetime) -> list
 )
 # A later transaction brings a subject's first records earlier: the fold must update them.
 @example(stores=[([(1, 5, 5)], True), ([(1, 1, 1)], True)], at=2, known_at=2)
+# One file received at once: its subject is in from its earliest record on.
+@example(stores=[([(1, 4, 2), (1, 1, 2), (2, 5, 2)], True)], at=2, known_at=3)
 def test_the_population_is_exactly_the_subjects_with_a_record_within_t_and_k(
     stores: list[tuple[list[tuple[int, int, int]], bool]],
     at: int,

@@ -72,6 +72,24 @@ def _of_records(upto: int) -> str:
             FROM records WHERE rowid >= {int(upto)})"""
 
 
+def _new_firsts(con: duckdb.DuckDBPyConnection, upto: int) -> str:
+    """Per subject, the firsts of the records from rowid ``upto`` on.
+
+    Usually these are one department file's, all received at the same moment: then the
+    first to occur is also a first to arrive, and a ``min`` per subject gives both pairs (3.4-3.7
+    s for the 79 million records of Beijing's transport file, against 5.4-7.1 s for the general
+    query; finding that every receipt is the same takes 0.02 s).
+    """
+    low, high = con.execute(
+        f"SELECT min(received_at), max(received_at) FROM records WHERE rowid >= {int(upto)}"
+    ).fetchall()[0]
+    if low is None or low != high:
+        return _firsts_of(_of_records(upto))
+    return f"""SELECT sid, min(occurred_at) AS first_occurred, {sql_timestamp(low)} AS its_received,
+               {sql_timestamp(low)} AS first_received, min(occurred_at) AS its_occurred
+        FROM records WHERE rowid >= {int(upto)} GROUP BY sid"""
+
+
 def fold_new(con: duckdb.DuckDBPyConnection) -> None:
     """Fold the records stored since the watermark into the table (see
     :func:`civiscore.store.watermark.extend`)."""
@@ -79,7 +97,7 @@ def fold_new(con: duckdb.DuckDBPyConnection) -> None:
     def fold(upto: int) -> None:
         # Updating only the subjects whose firsts move beats rebuilding the table once it is
         # large: the folds of the 50-million-record city took 5.2 s this way, 7.1 s rebuilt.
-        con.execute("CREATE OR REPLACE TEMP TABLE firsts_new AS " + _firsts_of(_of_records(upto)))
+        con.execute("CREATE OR REPLACE TEMP TABLE firsts_new AS " + _new_firsts(con, upto))
         con.execute(
             f"""UPDATE {TABLE} f
             SET first_occurred = least(f.first_occurred, n.first_occurred),
