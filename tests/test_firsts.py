@@ -16,7 +16,7 @@ START = dt.datetime(2025, 1, 1)
 # A record: (subject 1-3, occurred day 0-5, received day 0-5).
 _record = st.tuples(st.integers(1, 3), st.integers(0, 5), st.integers(0, 5))
 # Records stored in a few transactions, each folded afterwards or not. Half the transactions
-# are like a department file, every record received at once, which the fold sums more simply.
+# are like a department file, every record received at once, which the fold takes more simply.
 _stores = st.lists(
     st.tuples(
         st.one_of(
