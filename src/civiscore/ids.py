@@ -29,6 +29,8 @@ SubjectType = Literal["person", "organisation"]
 
 RESIDENT_WEIGHTS = (7, 9, 10, 5, 8, 4, 2, 1, 6, 3, 7, 9, 10, 5, 8, 4, 2)
 RESIDENT_CHECK = "10X98765432"
+# A resident ID's last character, in the order its number (:func:`id_types_and_keys`) counts it.
+RESIDENT_LAST = "0123456789X"
 
 USCC_ALPHABET = "0123456789ABCDEFGHJKLMNPQRTUWXY"
 USCC_WEIGHTS = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
@@ -75,7 +77,7 @@ def is_resident_id(raw: str) -> bool:
 
 def _resident_shape(raw: str) -> bool:
     # isascii() first: str.isdigit() also accepts full-width and superscript digits.
-    return len(raw) == 18 and raw.isascii() and raw[:17].isdigit() and raw[17] in "0123456789X"
+    return len(raw) == 18 and raw.isascii() and raw[:17].isdigit() and raw[17] in RESIDENT_LAST
 
 
 def _real_birth_date(raw: str) -> bool:
@@ -222,8 +224,7 @@ def _first17(m: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint64]:
 ID_KEY_TYPE = pa.decimal128(38, 0)
 USCC_FLAG = 1 << 100
 _RESIDENT_CHECK_VALUE = np.zeros(256, dtype=np.uint8)
-_RESIDENT_CHECK_VALUE[48:58] = np.arange(10)
-_RESIDENT_CHECK_VALUE[ord("X")] = 10
+_RESIDENT_CHECK_VALUE[np.frombuffer(RESIDENT_LAST.encode(), dtype=np.uint8)] = np.arange(11)
 
 
 def id_from_key(key: int) -> str:
@@ -233,7 +234,7 @@ def id_from_key(key: int) -> str:
     '11010519491231002X'
     """
     if key < USCC_FLAG:
-        return f"{key >> 4:017d}" + "0123456789X"[key & 15]
+        return f"{key >> 4:017d}" + RESIDENT_LAST[key & 15]
     return "".join(USCC_ALPHABET[(key >> (5 * (17 - i))) & 31] for i in range(18))
 
 
@@ -245,7 +246,7 @@ def id_from_key_sql(column: str) -> str:
     )
     return f"""CASE WHEN {column} < {USCC_FLAG}
         THEN lpad(CAST(CAST({column} AS BIGINT) >> 4 AS VARCHAR), 17, '0')
-             || substr('0123456789X', CAST(CAST({column} AS BIGINT) & 15 AS INTEGER) + 1, 1)
+             || substr('{RESIDENT_LAST}', CAST(CAST({column} AS BIGINT) & 15 AS INTEGER) + 1, 1)
         ELSE {uscc} END"""
 
 
