@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from civiscore.ids import id_types_and_keys
 from civiscore.ingest.readers import FileError
+from civiscore.ingest.validate import PARSE_ANY_TS, PARSE_FAST_TS
 from civiscore.workspace import Workspace
 from tests.utils import org_id, resident_id, write_csv
 
@@ -426,6 +427,39 @@ def test_occurred_at_is_read_as_iso_8601_in_shanghai_time(
         assert "ISO 8601" in _rejects(summary.rejects_file)[0]["reason"]
     else:
         assert summary.accepted == 1 and got == [(stored,)]
+
+
+_TS_CHARS = "0123456789-T:+ .Z\t\n\x0b\x0c\r\u3000\u00a0\u0663"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, 19), st.sampled_from(_TS_CHARS), st.sampled_from("sid")),
+        max_size=4,
+    )
+)
+@example(edits=[(18, " ", "s")])  # '2024-03-05T14:22:0 ': strptime reads 14:22:00
+@example(edits=[(0, "\t", "s")])  # '\t024-03-05T14:22:07': strptime reads the year 24
+def test_the_fast_timestamp_path_agrees_with_the_long_way(
+    edits: list[tuple[int, str, str]],
+) -> None:
+    """The common shape's fast path (strptime) gives the regular expressions' answer or none."""
+    text = list("2024-03-05T14:22:07")
+    for at, char, how in edits:
+        at = min(at, len(text))
+        if how == "s" and at < len(text):
+            text[at] = char
+        elif how == "i":
+            text.insert(at, char)
+        elif at < len(text):
+            del text[at]
+    occ = "".join(text)
+    fast, full = duckdb.sql(
+        f"SELECT {PARSE_FAST_TS}, {PARSE_ANY_TS} FROM (SELECT $occ::VARCHAR AS occ)",
+        params={"occ": occ},
+    ).fetchall()[0]
+    assert fast is None or fast == full, occ
 
 
 # Each row: (record number, subject number, what is wrong with it, how its ID is written).

@@ -44,11 +44,21 @@ _ISO_LOCAL = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?)?$"
 _ISO_OFFSET = r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?(Z|[+-]\d{2}(:?\d{2})?)$"
 
 # Offsets are converted to Shanghai wall time (UTC+8, no daylight saving since 1991).
-_PARSE_TS = f"""CASE
+PARSE_ANY_TS = f"""CASE
   WHEN regexp_matches(occ, '{_ISO_LOCAL}') THEN try_cast(replace(occ, 'T', ' ') AS TIMESTAMP)
   WHEN regexp_matches(occ, '{_ISO_OFFSET}') THEN
     make_timestamp(epoch_us(try_cast(occ AS TIMESTAMPTZ)) + 28800000000)
 END"""
+# Nearly every record is written `2024-03-05T14:22:00`, which strptime reads without the regular
+# expressions (5 million such values: 0.10 s of two threads against 0.34 s). strptime skips ASCII
+# white space wherever it reads a number (` 024-…` is the year 24), so a value holding any goes
+# the long way, as does any value strptime refuses: the fast path gives either NULL or the long
+# way's answer (`test_the_fast_timestamp_path_agrees_with_the_long_way`).
+_WHITE = " OR ".join(f"contains(occ, chr({c}))" for c in (32, 9, 10, 11, 12, 13))
+PARSE_FAST_TS = (
+    f"CASE WHEN length(occ) = 19 AND NOT ({_WHITE}) THEN try_strptime(occ, '%Y-%m-%dT%H:%M:%S') END"
+)
+_PARSE_TS = f"coalesce({PARSE_FAST_TS}, {PARSE_ANY_TS})"
 
 
 def _q(text: str) -> str:
