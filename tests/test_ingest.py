@@ -594,6 +594,7 @@ def test_a_batch_splits_into_accepted_and_rejected_rows_with_reasons() -> None:
         CHECKED,
         REJECTED,
         append_to_stage,
+        check_stage,
         checks_sql,
         create_stage,
         prepare,
@@ -617,6 +618,7 @@ def test_a_batch_splits_into_accepted_and_rejected_rows_with_reasons() -> None:
     append_to_stage(con, prepare(raw), checks)
     append_to_stage(con, prepare(_malformed_table([(-1, "a,b"), (9, "c")], "torn")), checks)
     append_to_stage(con, prepare(raw.slice(0, 1).set_column(0, "row", pa.array([5]))), checks)
+    check_stage(con, b"k" * 32, checks)
     assert con.execute(f"SELECT row FROM {CHECKED} ORDER BY row").fetchall() == [(1,), (3,), (5,)]
     assert con.execute(
         f"SELECT row, field, reason IS NOT NULL FROM {REJECTED} ORDER BY row NULLS FIRST"

@@ -353,7 +353,7 @@ class Service(Operations):
             try:
                 checks = checks_sql(party.department, dep, at)
                 append_to_stage(con, prepare(_raw_table(rows)), checks)
-                check_stage(con, self.ws.key)
+                check_stage(con, self.ws.key, checks)
                 rejects = con.sql(rejects_sql()).to_arrow_table()
                 # IDS holds exactly the subjects of the accepted rows.
                 pseudonyms = [

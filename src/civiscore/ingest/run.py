@@ -131,7 +131,7 @@ def ingest_file(
             append_to_stage(con, batch, checks)
         if on_phase:
             on_phase("storing")
-        check_stage(con, key)
+        check_stage(con, key, checks)
         result = store.write_checked(
             department, CHECKED, IDS, received, run, key=KEY, unique_record_ids=increasing.still
         )
