@@ -168,15 +168,21 @@ def append_to_stage(con: duckdb.DuckDBPyConnection, batch: pa.Table, checks: str
                    field IS NOT NULL
             FROM ({checks})"""
         )
-        # `row` is unique in a batch but for malformed rows whose line is unknown (NULL), which
-        # are all rejected. (Checking each batch's few rejected rows again for their reasons
-        # took 23 ms a batch, 3.7 s of the transport file's 80 million rows.)
-        con.execute(
-            f"""INSERT INTO {_RAW_REJECTED}
-            SELECT r.* FROM {_RAW} r
-            SEMI JOIN (SELECT row FROM {_STAGED} WHERE rowid >= {staged} AND rejected) s
-              ON s.row IS NOT DISTINCT FROM r.row"""
-        )
+        rejected = con.sql(
+            f"SELECT row FROM {_STAGED} WHERE rowid >= {staged} AND rejected"
+        ).to_arrow_table()
+    finally:
+        con.unregister(_RAW)
+    if not rejected.num_rows:
+        return
+    # `row` is unique in a batch but for malformed rows whose line is unknown (NULL), which are
+    # all rejected. (Checking each batch's few rejected rows again for their reasons took 23 ms
+    # a batch, 3.7 s of the transport file's 80 million rows; a semi-join of the batch with
+    # them in DuckDB, 90 ms.)
+    again = batch.filter(pc.is_in(batch.column("row"), rejected.column("row"), skip_nulls=False))
+    con.register(_RAW, again)
+    try:
+        con.execute(f"INSERT INTO {_RAW_REJECTED} BY NAME SELECT * FROM {_RAW}")
     finally:
         con.unregister(_RAW)
 
