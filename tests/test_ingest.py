@@ -157,6 +157,31 @@ def test_jsonl_and_parquet_are_read_with_positions(ws: Workspace, tmp_path: Path
     assert "has 3 characters" in rej["reason"]
 
 
+@pytest.mark.parametrize(
+    ("values", "kind"),
+    [(pa.array([12.5, float("nan"), -1.0, None]), "double"), (pa.array([12, 7, -1, None]), "int")],
+)
+def test_a_parquet_files_numeric_quantity_is_checked_as_a_number(
+    ws: Workspace, tmp_path: Path, values: pa.Array, kind: str
+) -> None:
+    """A Parquet quantity that is a number is read as one, checked like text, and shown in the
+    rejects file."""
+    path = tmp_path / f"transport-{kind}.parquet"
+    rows = [_good(n) for n in range(1, 5)]
+    table = pa.Table.from_pylist(rows).drop_columns(["quantity"])
+    pq.write_table(table.append_column("quantity", values), path)
+    s = ws.ingest("transport", path, received_at=RECEIVED)
+    stored = ws.store.con.execute("SELECT record_id, quantity FROM records ORDER BY 1").fetchall()
+    rejects = {r["row"]: (r["field"], r["quantity"], r["reason"]) for r in _rejects(s.rejects_file)}
+    if kind == "double":
+        assert stored == [("R1", 12.5)]
+        assert rejects["2"][:2] == ("quantity", "nan") and "finite" in rejects["2"][2]
+    else:
+        assert stored == [("R1", 12.0), ("R2", 7.0)]
+    assert rejects["3"][:2] == ("quantity", "-1.0") and "zero or more" in rejects["3"][2]
+    assert rejects["4"][:2] == ("quantity", "") and "needs a quantity" in rejects["4"][2]
+
+
 def test_file_level_errors_name_the_file_and_the_fix(ws: Workspace, tmp_path: Path) -> None:
     bad = tmp_path / "x.csv"
     bad.write_text("record_id,subject,kind\nA,B,C\n")

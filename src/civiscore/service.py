@@ -746,4 +746,5 @@ def _raw_table(rows: list[dict[str, Any]]) -> pa.Table:
     }
     for f in FIELDS:
         cols[f] = pa.array([None if r.get(f) is None else str(r.get(f)) for r in rows], pa.string())
+    cols["quantity_value"] = pa.nulls(n, pa.float64())
     return pa.Table.from_pydict(cols, schema=RAW_SCHEMA)

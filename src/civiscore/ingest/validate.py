@@ -115,7 +115,7 @@ CREATE OR REPLACE TEMP TABLE {REJECTED} (
 CREATE OR REPLACE TEMP TABLE {_RAW_REJECTED} (
   row BIGINT, line BIGINT, malformed VARCHAR, record_id VARCHAR, subject_id VARCHAR,
   kind VARCHAR, occurred_at VARCHAR, quantity VARCHAR, reference VARCHAR, retracts VARCHAR,
-  id_type TINYINT, {KEY} DECIMAL(38, 0));
+  quantity_value DOUBLE, id_type TINYINT, {KEY} DECIMAL(38, 0));
 """
 
 
@@ -322,14 +322,16 @@ def checks_sql(department: str, dep: Department, received_at: dt.datetime) -> st
             CASE id_type WHEN 1 THEN 'person' WHEN 2 THEN 'organisation' END AS subject_type,
             nullif(trim(kind), '') AS kind,
             nullif(trim(occurred_at), '') AS occ,
-            nullif(trim(quantity), '') AS qty,
+            nullif(trim(quantity), '') AS qty, quantity_value,
             nullif(trim(reference), '') AS reference,
             nullif(trim(retracts), '') AS retracts,
             CASE WHEN occurred_at IS DISTINCT FROM nullif(trim(occurred_at), '')
                  THEN occurred_at END AS raw_occ
           FROM {_RAW}
         ), p AS (
-          SELECT s.*, {_PARSE_TS} AS ts, try_cast(qty AS DOUBLE) AS qnum FROM s
+          SELECT s.*, {_PARSE_TS} AS ts,
+                 coalesce(quantity_value, try_cast(qty AS DOUBLE)) AS qnum
+          FROM s
         ), f AS (
           SELECT r.*, c.*, {field_case} AS field
           FROM p r LEFT JOIN ({_catalogue_sql(dep)}) c ON c.cat_kind = r.kind
@@ -338,7 +340,8 @@ def checks_sql(department: str, dep: Department, received_at: dt.datetime) -> st
                retracts, field,
                CASE WHEN field IS NOT NULL THEN {reason_case} END AS reason,
                CASE WHEN field IS NOT NULL THEN coalesce(raw_occ, occ) END AS occ_text,
-               CASE WHEN field IS NOT NULL THEN qty END AS qty_text
+               CASE WHEN field IS NOT NULL
+                    THEN coalesce(qty, CAST(quantity_value AS VARCHAR)) END AS qty_text
         FROM f
         """
 
