@@ -182,18 +182,6 @@ def test_a_parquet_files_numeric_quantity_is_checked_as_a_number(
     assert rejects["4"][:2] == ("quantity", "") and "needs a quantity" in rejects["4"][2]
 
 
-@pytest.mark.parametrize("ordered", [True, False])
-def test_an_ingest_leaves_duckdbs_insertion_order_as_it_found_it(
-    ws: Workspace, tmp_path: Path, ordered: bool
-) -> None:
-    """The stage is written unordered; the store's connection is given back as it was."""
-    con = ws.store.con
-    con.execute(f"SET preserve_insertion_order = {str(ordered).lower()}")
-    ws.ingest("transport", write_csv(tmp_path / "t.csv", [_good(1)]), received_at=RECEIVED)
-    setting = con.execute("SELECT current_setting('preserve_insertion_order')").fetchall()
-    assert setting == [(ordered,)]
-
-
 def test_file_level_errors_name_the_file_and_the_fix(ws: Workspace, tmp_path: Path) -> None:
     bad = tmp_path / "x.csv"
     bad.write_text("record_id,subject,kind\nA,B,C\n")
