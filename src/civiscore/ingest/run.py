@@ -123,15 +123,11 @@ def ingest_file(
     try:
         increasing = _Increasing()
         checks = checks_sql(department, dep, received)
-
-        def ready(raw: pa.Table) -> pa.Table:
-            increasing.update(raw.column("record_id"))  # in file order: one reader thread
-            return prepare(raw)
-
         # Each batch is prepared on the reader's thread, while DuckDB checks the one before.
-        batches = map(ready, read_batches(info, rows_per_batch, progress=report))
+        batches = map(prepare, read_batches(info, rows_per_batch, progress=report))
         for batch in read_ahead(batches):
             summary.rows += batch.num_rows
+            increasing.update(batch.column("record_id"))
             append_to_stage(con, batch, checks)
         if on_phase:
             on_phase("storing")
