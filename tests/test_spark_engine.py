@@ -112,7 +112,13 @@ def city(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Workspace]:
     ws, _ = Workspace.init(root / "home")
     late = []
     for day, (department, path) in enumerate(sorted(files.departments.items())):
-        rows = pa.concat_tables(list(read_batches(open_file(path)))).select(list(FIELDS))
+        raw = pa.concat_tables(list(read_batches(open_file(path))))
+        # A Parquet file's numeric quantity is read as a number, beside the text columns.
+        quantity = pc.coalesce(
+            raw.column("quantity"), raw.column("quantity_value").cast(pa.string())
+        )
+        rows = raw.set_column(raw.schema.get_field_index("quantity"), "quantity", quantity)
+        rows = rows.select(list(FIELDS))
         text = pc.utf8_trim_whitespace(rows.column("retracts"))
         retracting = pc.fill_null(pc.not_equal(text, ""), False)
         first = root / f"{department}-first.parquet"
