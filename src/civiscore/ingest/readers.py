@@ -1,4 +1,5 @@
-"""Stream department files (CSV, JSON Lines, Parquet) as batches of string columns.
+"""Stream department files (CSV, JSON Lines, Parquet) as batches of string columns (and a
+Parquet file's numeric quantity as a number, :data:`RAW_SCHEMA`).
 
 Every batch carries each row's 1-based position in the file (``row``, header excluded) and,
 for text formats, its physical line (``line``), so a rejected row can be found by a person.
