@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from civiscore.ids import id_from_key_sql, id_types_and_keys, pseudonym_sql
+from civiscore.ingest.readers import RAW_SCHEMA
 from civiscore.rulebook.model import Department
 from civiscore.timeutil import sql_timestamp
 
@@ -92,8 +93,11 @@ IDS = "ingest_ids"
 KEY = "id_key"
 _STAGED = "ingest_staged"
 _RAW = "ingest_raw_batch"
-# The rejected rows as they came (a prepared batch's columns), until their reasons are found.
+# The rejected rows as they came (a prepared batch's columns: the reader's, then what
+# :func:`prepare` adds), until their reasons are found.
 _RAW_REJECTED = "ingest_raw_rejected"
+_SQL_TYPES = {pa.int64(): "BIGINT", pa.string(): "VARCHAR", pa.float64(): "DOUBLE"}
+_RAW_COLUMNS = ", ".join(f"{f.name} {_SQL_TYPES[f.type]}" for f in RAW_SCHEMA)
 
 # A checked row holds what the store reads, the type its ID's check digits gave, and whether
 # it was rejected; :data:`CHECKED` is the accepted ones. A rejected row is also in
@@ -113,9 +117,7 @@ CREATE OR REPLACE TEMP TABLE {REJECTED} (
   row BIGINT, line BIGINT, field VARCHAR, reason VARCHAR, record_id VARCHAR, subject_id VARCHAR,
   kind VARCHAR, occ_text VARCHAR, qty_text VARCHAR, reference VARCHAR, retracts VARCHAR);
 CREATE OR REPLACE TEMP TABLE {_RAW_REJECTED} (
-  row BIGINT, line BIGINT, malformed VARCHAR, record_id VARCHAR, subject_id VARCHAR,
-  kind VARCHAR, occurred_at VARCHAR, quantity VARCHAR, reference VARCHAR, retracts VARCHAR,
-  quantity_value DOUBLE, id_type TINYINT, {KEY} DECIMAL(38, 0));
+  {_RAW_COLUMNS}, id_type TINYINT, {KEY} DECIMAL(38, 0));
 """
 
 
