@@ -609,9 +609,11 @@ def test_an_id_ordered_file_keeps_its_claim_through_blank_ids() -> None:
     assert not claim(["R2", "", "R1"])
 
 
-def test_a_batch_splits_into_accepted_and_rejected_rows_with_reasons() -> None:
+@pytest.mark.parametrize("where", ["in memory", "spilled", "spilled, then in memory"])
+def test_a_batch_splits_into_accepted_and_rejected_rows_with_reasons(where: str) -> None:
     """Each staged batch's rows are accepted or rejected once each, a rejected one with its
-    field and reason: rows whose line the parser could not tell (no row number) included."""
+    field and reason: rows whose line the parser could not tell (no row number) included,
+    whether the rejected rows waited in memory, in a temporary table, or some in each."""
     import duckdb
 
     from civiscore.ingest.readers import RAW_SCHEMA, _malformed_table
@@ -639,11 +641,13 @@ def test_a_batch_splits_into_accepted_and_rejected_rows_with_reasons() -> None:
         schema=RAW_SCHEMA,
     )
     con = duckdb.connect()
-    create_stage(con)
-    append_to_stage(con, prepare(raw), checks)
-    append_to_stage(con, prepare(_malformed_table([(-1, "a,b"), (9, "c")], "torn")), checks)
-    append_to_stage(con, prepare(raw.slice(0, 1).set_column(0, "row", pa.array([5]))), checks)
-    check_stage(con, b"k" * 32, checks)
+    stage = create_stage(con, 0 if where == "spilled" else 1 << 20)
+    append_to_stage(stage, prepare(raw), checks)
+    if where == "spilled, then in memory":
+        stage.spill()
+    append_to_stage(stage, prepare(_malformed_table([(-1, "a,b"), (9, "c")], "torn")), checks)
+    append_to_stage(stage, prepare(raw.slice(0, 1).set_column(0, "row", pa.array([5]))), checks)
+    check_stage(stage, b"k" * 32, checks)
     assert con.execute(f"SELECT row FROM {CHECKED} ORDER BY row").fetchall() == [(1,), (3,), (5,)]
     assert con.execute(
         f"SELECT row, field, reason IS NOT NULL FROM {REJECTED} ORDER BY row NULLS FIRST"

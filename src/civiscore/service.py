@@ -349,11 +349,11 @@ class Service(Operations):
             if dep is None:
                 raise Invalid(f"department {party.department!r} is not in the rulebook in force")
             con = self.ws.store.con
-            create_stage(con)
+            stage = create_stage(con)
             try:
                 checks = checks_sql(party.department, dep, at)
-                append_to_stage(con, prepare(_raw_table(rows)), checks)
-                check_stage(con, self.ws.key, checks)
+                append_to_stage(stage, prepare(_raw_table(rows)), checks)
+                check_stage(stage, self.ws.key, checks)
                 rejects = con.sql(rejects_sql()).to_arrow_table()
                 # IDS holds exactly the subjects of the accepted rows.
                 pseudonyms = [
@@ -363,7 +363,7 @@ class Service(Operations):
                     party.department, CHECKED, IDS, at, key=KEY, want_sids=True
                 )
             finally:
-                drop_stage(con)
+                drop_stage(stage)
             sids = result.sids or []
         problems = [
             RowProblem(int(r["row"]) - 1, str(r["field"]), str(r["reason"]))

@@ -119,7 +119,7 @@ def ingest_file(
     con = store.con
     run = store.next_batch_id()
     store.start_run(run, department, str(path), received)
-    create_stage(con)
+    stage = create_stage(con)
     try:
         increasing = _Increasing()
         checks = checks_sql(department, dep, received)
@@ -128,17 +128,17 @@ def ingest_file(
         for batch in read_ahead(batches):
             summary.rows += batch.num_rows
             increasing.update(batch.column("record_id"))
-            append_to_stage(con, batch, checks)
+            append_to_stage(stage, batch, checks)
         if on_phase:
             on_phase("storing")
-        check_stage(con, key, checks)
+        check_stage(stage, key, checks)
         result = store.write_checked(
             department, CHECKED, IDS, received, run, key=KEY, unique_record_ids=increasing.still
         )
         summary.accepted, summary.duplicates = result.accepted, result.duplicates
         summary.rejected = _write_rejects(con, result.conflicts, partial, summary.reasons)
     finally:
-        drop_stage(con)
+        drop_stage(stage)
     # A department's file is the day's batch: the records its retractions withdraw are found
     # now (through the locator's hashes of their ids), so a daily update need not find them. (A
     # submission through the service does not wait for this; the next score folds it.)
