@@ -40,7 +40,6 @@ from civiscore.ingest.validate import (
     KEY,
     append_to_stage,
     check_stage,
-    checks_sql,
     create_stage,
     drop_stage,
     prepare,
@@ -349,11 +348,10 @@ class Service(Operations):
             if dep is None:
                 raise Invalid(f"department {party.department!r} is not in the rulebook in force")
             con = self.ws.store.con
-            stage = create_stage(con)
+            stage = create_stage(con, party.department, dep, at)
             try:
-                checks = checks_sql(party.department, dep, at)
-                append_to_stage(stage, prepare(_raw_table(rows)), checks)
-                check_stage(stage, self.ws.key, checks)
+                append_to_stage(stage, prepare(_raw_table(rows)))
+                check_stage(stage, self.ws.key)
                 rejects = con.sql(rejects_sql()).to_arrow_table()
                 # IDS holds exactly the subjects of the accepted rows.
                 pseudonyms = [

@@ -35,7 +35,6 @@ from civiscore.ingest.validate import (
     SPACES,
     append_to_stage,
     check_stage,
-    checks_sql,
     create_stage,
     drop_stage,
     prepare,
@@ -119,19 +118,18 @@ def ingest_file(
     con = store.con
     run = store.next_batch_id()
     store.start_run(run, department, str(path), received)
-    stage = create_stage(con)
+    stage = create_stage(con, department, dep, received)
     try:
         increasing = _Increasing()
-        checks = checks_sql(department, dep, received)
         # Each batch is prepared on the reader's thread, while DuckDB checks the one before.
         batches = map(prepare, read_batches(info, rows_per_batch, progress=report))
         for batch in read_ahead(batches):
             summary.rows += batch.num_rows
             increasing.update(batch.column("record_id"))
-            append_to_stage(stage, batch, checks)
+            append_to_stage(stage, batch)
         if on_phase:
             on_phase("storing")
-        check_stage(stage, key, checks)
+        check_stage(stage, key)
         result = store.write_checked(
             department, CHECKED, IDS, received, run, key=KEY, unique_record_ids=increasing.still
         )

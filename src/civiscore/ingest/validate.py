@@ -69,18 +69,18 @@ def _q(text: str) -> str:
 
 def _catalogue_sql(dep: Department) -> str:
     rows = []
-    for name, kind in dep.kinds.items():
+    for number, (name, kind) in enumerate(dep.kinds.items(), start=1):
         qty_required = kind.quantity is not None and kind.quantity.required
         unit = kind.quantity.unit if kind.quantity else ""
         rows.append(
-            f"({_q(name)}, {str(qty_required).lower()}, {_q(unit)}, "
+            f"({_q(name)}, {number}, {str(qty_required).lower()}, {_q(unit)}, "
             f"{str(kind.reference == 'required').lower()}, "
             f"{str('person' in kind.subjects).lower()}, "
             f"{str('organisation' in kind.subjects).lower()})"
         )
     return (
         "SELECT * FROM (VALUES " + ", ".join(rows) + ") AS "
-        "c(cat_kind, qty_required, qty_unit, ref_required, allows_person, allows_org)"
+        "c(cat_kind, cat_no, qty_required, qty_unit, ref_required, allows_person, allows_org)"
     )
 
 
@@ -108,12 +108,8 @@ _RAW_COLUMNS = ", ".join(f"{f.name} {_SQL_TYPES[f.type]}" for f in RAW_SCHEMA)
 _TABLES = f"""
 CREATE OR REPLACE TEMP TABLE {_STAGED} (
   row BIGINT, line BIGINT, record_id VARCHAR, {KEY} DECIMAL(38, 0), id_type TINYINT,
-  kind VARCHAR, occurred_at TIMESTAMP, quantity DOUBLE, reference VARCHAR, retracts VARCHAR,
-  rejected BOOLEAN);
-CREATE OR REPLACE TEMP VIEW {CHECKED} AS
-  SELECT row, line, record_id, {KEY}, id_type, kind, occurred_at, quantity, reference,
-         retracts
-  FROM {_STAGED} WHERE NOT rejected;
+  kind_no USMALLINT, occurred_at TIMESTAMP, quantity DOUBLE, reference VARCHAR,
+  retracts VARCHAR, rejected BOOLEAN);
 CREATE OR REPLACE TEMP TABLE {REJECTED} (
   row BIGINT, line BIGINT, field VARCHAR, reason VARCHAR, record_id VARCHAR, subject_id VARCHAR,
   kind VARCHAR, occ_text VARCHAR, qty_text VARCHAR, reference VARCHAR, retracts VARCHAR);
@@ -141,12 +137,14 @@ REJECTS_IN_MEMORY = 256 << 20
 class Stage:
     """A file being staged on a connection (one at a time per connection).
 
-    Its rows are checked into temporary tables as they come; its rejected rows, as they came,
+    Its rows are checked (``checks``, :func:`checks_sql`) into temporary tables as they come;
+    its rejected rows, as they came,
     wait in ``pending`` (up to ``in_memory`` bytes, then in a temporary table) until
     :func:`check_stage` finds their reasons.
     """
 
     con: duckdb.DuckDBPyConnection
+    checks: str
     in_memory: int = REJECTS_IN_MEMORY
     pending: list[pa.Table] = field(default_factory=list)
     pending_bytes: int = 0
@@ -171,14 +169,31 @@ class Stage:
         self.pending, self.pending_bytes, self.spilled = [], 0, True
 
 
-def create_stage(con: duckdb.DuckDBPyConnection, in_memory: int = REJECTS_IN_MEMORY) -> Stage:
-    """An empty stage in ``con``: temporary tables, which DuckDB spills to disk if it must.
+def create_stage(
+    con: duckdb.DuckDBPyConnection,
+    department: str,
+    dep: Department,
+    received_at: dt.datetime,
+    in_memory: int = REJECTS_IN_MEMORY,
+) -> Stage:
+    """An empty stage in ``con`` for a file of ``department`` received at ``received_at``:
+    temporary tables, which DuckDB spills to disk if it must.
 
     ``in_memory``: how many bytes of rejected rows may wait in memory (:class:`Stage`).
     """
     con.execute(_TABLES)
     con.execute(_CREATE_RAW_REJECTED)
-    return Stage(con, in_memory)
+    # The stage holds each kind as its number in the department's catalogue, decoded here: the
+    # name (16 bytes and often 30 more) was a third of a staged row, and a large file's stage
+    # spills to disk (115 million rows of civil affairs: about 10 GB of temporary files).
+    names = "[" + ", ".join(_q(k) for k in dep.kinds) + "]"
+    con.execute(
+        f"""CREATE OR REPLACE TEMP VIEW {CHECKED} AS
+        SELECT row, line, record_id, {KEY}, id_type, {names}[kind_no] AS kind, occurred_at,
+               quantity, reference, retracts
+        FROM {_STAGED} WHERE NOT rejected"""
+    )
+    return Stage(con, checks_sql(department, dep, received_at), in_memory)
 
 
 def prepare(raw: pa.Table) -> pa.Table:
@@ -196,9 +211,9 @@ def prepare(raw: pa.Table) -> pa.Table:
     return batch.append_column("id_type", pa.array(types, pa.int8())).append_column(KEY, keys)
 
 
-def append_to_stage(stage: Stage, batch: pa.Table, checks: str) -> None:
-    """Check one :func:`prepare`-d batch of rows into :data:`CHECKED`; ``checks`` is the file's
-    :func:`checks_sql`. The batch's rejected rows are kept as they came, for
+def append_to_stage(stage: Stage, batch: pa.Table) -> None:
+    """Check one :func:`prepare`-d batch of rows into :data:`CHECKED`. The batch's rejected
+    rows are kept as they came, for
     :func:`check_stage` to find their reasons.
 
     Every check runs here, as the file is read, so that the file is copied once; only the
@@ -214,9 +229,9 @@ def append_to_stage(stage: Stage, batch: pa.Table, checks: str) -> None:
         # splitting it took 3.9 s for 5.7 million rows, this 2.9 s.)
         con.execute(
             f"""INSERT INTO {_STAGED}
-            SELECT row, line, record_id, {KEY}, id_type, kind, ts, qnum, reference, retracts,
+            SELECT row, line, record_id, {KEY}, id_type, cat_no, ts, qnum, reference, retracts,
                    field IS NOT NULL
-            FROM ({checks})"""
+            FROM ({stage.checks})"""
         )
         rejected = con.sql(
             f"SELECT row FROM {_STAGED} WHERE rowid >= {staged} AND rejected"
@@ -234,7 +249,7 @@ def append_to_stage(stage: Stage, batch: pa.Table, checks: str) -> None:
     )
 
 
-def _find_reasons(stage: Stage, checks: str) -> None:
+def _find_reasons(stage: Stage) -> None:
     """Check the rejected rows again, for their field and reason, into :data:`REJECTED`."""
     con = stage.con
     if stage.spilled:
@@ -249,7 +264,7 @@ def _find_reasons(stage: Stage, checks: str) -> None:
             f"""INSERT INTO {REJECTED}
             SELECT row, line, field, reason, record_id, subject_id, kind, occ_text, qty_text,
                    reference, retracts
-            FROM ({checks}) WHERE field IS NOT NULL"""
+            FROM ({stage.checks}) WHERE field IS NOT NULL"""
         )
     finally:
         if stage.spilled:
@@ -396,7 +411,8 @@ def checks_sql(department: str, dep: Department, received_at: dt.datetime) -> st
           SELECT r.*, c.*, {field_case} AS field
           FROM p r LEFT JOIN ({_catalogue_sql(dep)}) c ON c.cat_kind = r.kind
         )
-        SELECT row, line, record_id, subject_id, {KEY}, id_type, kind, ts, qnum, reference,
+        SELECT row, line, record_id, subject_id, {KEY}, id_type, kind, cat_no, ts, qnum,
+               reference,
                retracts, field,
                CASE WHEN field IS NOT NULL THEN {reason_case} END AS reason,
                CASE WHEN field IS NOT NULL THEN coalesce(raw_occ, occ) END AS occ_text,
@@ -406,10 +422,10 @@ def checks_sql(department: str, dep: Department, received_at: dt.datetime) -> st
         """
 
 
-def check_stage(stage: Stage, key: bytes, checks: str) -> None:
+def check_stage(stage: Stage, key: bytes) -> None:
     """Give each rejected row its field and reason (into :data:`REJECTED`) and pseudonymise
     each distinct ID of the accepted rows once (into :data:`IDS`), once the whole file is
-    staged; ``checks`` is what :func:`append_to_stage` was given.
+    staged.
 
     A file names each subject many times; the keyed hash, the costliest step, runs once per
     distinct ID. :data:`IDS` has one row per ID (:data:`KEY`) with at least one accepted row,
@@ -417,7 +433,7 @@ def check_stage(stage: Stage, key: bytes, checks: str) -> None:
     the ID spelled from it again only for the hash, once per ID. (The number is a DECIMAL;
     DuckDB casts it to HUGEINT by way of text in a third of the time of a direct cast.)
     """
-    _find_reasons(stage, checks)
+    _find_reasons(stage)
     stage.con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE {IDS} AS
