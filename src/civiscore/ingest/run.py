@@ -93,9 +93,11 @@ def ingest_file(
 
     The file is read and checked in batches of ``batch_rows`` (default
     ``$CIVISCORE_BATCH_ROWS`` or 500,000) into temporary tables, which DuckDB spills to disk,
-    so memory stays bounded. Then its IDs are pseudonymised and the whole file stored
-    set-based, in one transaction: a crash stores none of the file, and re-running stores it
-    whole. ``on_phase`` hears when reading ends and storing begins.
+    so memory stays bounded (rejected rows wait in memory up to
+    :data:`~civiscore.ingest.validate.REJECTS_IN_MEMORY`, then in a temporary table too).
+    Then its IDs are pseudonymised and the whole file stored set-based, in one transaction: a
+    crash stores none of the file, and re-running stores it whole. ``on_phase`` hears when
+    reading ends and storing begins.
     """
     dep = rulebook.departments.get(department)
     if dep is None:

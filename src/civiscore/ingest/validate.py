@@ -2,11 +2,12 @@
 
 Raw rows are checked batch by batch as they are read, each batch in one SQL statement (no
 Python loop per row), into a temporary table of every row with whether it was rejected (the
-accepted ones are :data:`CHECKED`); the few rejected rows are kept as they came. Once the file
-is read, those are checked again for their field and reason, into :data:`REJECTED`, and each
-distinct ID of an accepted row is pseudonymised once. The first failing check names the row's
-field and says what to fix. The raw IDs stay in the temporary tables that :func:`drop_stage`
-drops, and go no further: the store keeps only their keyed pseudonyms, from :data:`IDS`.
+accepted ones are :data:`CHECKED`); the few rejected rows are kept as they came
+(:class:`Stage`). Once the file is read, those are checked again for their field and reason,
+into :data:`REJECTED`, and each distinct ID of an accepted row is pseudonymised once. The
+first failing check names the row's field and says what to fix. The raw IDs stay in the
+temporary tables that :func:`drop_stage` drops, and go no further: the store keeps only their
+keyed pseudonyms, from :data:`IDS`.
 """
 
 from __future__ import annotations
