@@ -184,8 +184,15 @@ class _Increasing:
         if not self.still:
             return
         column = column.combine_chunks()
-        present = pc.not_equal(pc.utf8_trim(column, SPACES), "")
-        ids = pc.utf8_trim_whitespace(pc.filter(column, present))
+        ids = pc.utf8_trim_whitespace(column)
+        # pyarrow's white space includes every one of DuckDB's spaces, so when no id is blank
+        # by it, only the missing (null) ones are missing to the stage, and the rest are
+        # compared: the usual case, 9 ms a batch of 500,000 against 15 the general way below.
+        if pc.any(pc.equal(ids, "")).as_py():
+            present = pc.not_equal(pc.utf8_trim(column, SPACES), "")
+            ids = pc.utf8_trim_whitespace(pc.filter(column, present))
+        else:
+            ids = ids.drop_null()
         if len(ids) == 0:
             return
         if self.last is not None and not ids[0].as_py() > self.last:

@@ -147,6 +147,7 @@ class Stage:
     con: duckdb.DuckDBPyConnection
     checks: str
     in_memory: int = REJECTS_IN_MEMORY
+    staged: int = 0  # rows in the stage, so a batch's are those from this rowid on
     pending: list[pa.Table] = field(default_factory=list)
     pending_bytes: int = 0
     spilled: bool = False
@@ -222,7 +223,7 @@ def append_to_stage(stage: Stage, batch: pa.Table) -> None:
     reasons' statement runs once, not once a batch, and each distinct ID is hashed once.
     """
     con = stage.con
-    staged = int(con.execute(f"SELECT count(*) FROM {_STAGED}").fetchall()[0][0])
+    staged = stage.staged
     con.register(_RAW, batch)
     try:
         # Every row goes straight into the stage, with whether it was rejected; no reasons,
@@ -234,6 +235,7 @@ def append_to_stage(stage: Stage, batch: pa.Table) -> None:
                    field IS NOT NULL
             FROM ({stage.checks})"""
         )
+        stage.staged += batch.num_rows  # every row goes in
         rejected = con.sql(
             f"SELECT row FROM {_STAGED} WHERE rowid >= {staged} AND rejected"
         ).to_arrow_table()
