@@ -129,8 +129,8 @@ SPACES = (
 
 # Rejected rows, as they came, wait in memory up to this size, and beyond it in a temporary
 # table. Appending each batch's few to a temporary table cost 5-10 ms a batch, and every 18th
-# batch or so 1.5-2.2 s once the stage had spilled to disk (17 s of the 115 million rows of
-# Beijing's civil affairs file): DuckDB's buffer manager at work as each row group filled.
+# batch or so 1.5-2.2 s once the stage had spilled to disk: 20 s of the 196 s that the 115
+# million rows of Beijing's civil affairs file took.
 REJECTS_IN_MEMORY = 256 << 20
 
 
@@ -139,9 +139,8 @@ class Stage:
     """A file being staged on a connection (one at a time per connection).
 
     Its rows are checked (``checks``, :func:`checks_sql`) into temporary tables as they come;
-    its rejected rows, as they came,
-    wait in ``pending`` (up to ``in_memory`` bytes, then in a temporary table) until
-    :func:`check_stage` finds their reasons.
+    its rejected rows, as they came, wait in ``pending`` (up to ``in_memory`` bytes, then in a
+    temporary table) until :func:`check_stage` finds their reasons.
     """
 
     con: duckdb.DuckDBPyConnection
@@ -215,8 +214,7 @@ def prepare(raw: pa.Table) -> pa.Table:
 
 def append_to_stage(stage: Stage, batch: pa.Table) -> None:
     """Check one :func:`prepare`-d batch of rows into :data:`CHECKED`. The batch's rejected
-    rows are kept as they came, for
-    :func:`check_stage` to find their reasons.
+    rows are kept as they came, for :func:`check_stage` to find their reasons.
 
     Every check runs here, as the file is read, so that the file is copied once; only the
     reasons and the keyed pseudonyms wait for the whole file (:func:`check_stage`), so that the
@@ -415,8 +413,7 @@ def checks_sql(department: str, dep: Department, received_at: dt.datetime) -> st
           FROM p r LEFT JOIN ({_catalogue_sql(dep)}) c ON c.cat_kind = r.kind
         )
         SELECT row, line, record_id, subject_id, {KEY}, id_type, kind, cat_no, ts, qnum,
-               reference,
-               retracts, field,
+               reference, retracts, field,
                CASE WHEN field IS NOT NULL THEN {reason_case} END AS reason,
                CASE WHEN field IS NOT NULL THEN coalesce(raw_occ, occ) END AS occ_text,
                CASE WHEN field IS NOT NULL
