@@ -638,8 +638,8 @@ def _increasing_the_long_way(batches: list[list[str | None]]) -> bool:
 @example([["A", "B"], [" B"]])
 @example([["A", "\t"], ["B"]])
 def test_the_id_order_claim_agrees_with_the_long_way(batches: list[list[str | None]]) -> None:
-    """The claim that record ids rise takes a short way when no id in a batch is blank or
-    missing; it gives the general way's answer whatever the batches hold."""
+    """The claim that record ids rise takes a short way when no id in a batch is blank; it
+    gives the general way's answer whatever the batches hold."""
     from civiscore.ingest.run import _Increasing
 
     seen = _Increasing()

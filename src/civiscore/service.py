@@ -33,7 +33,7 @@ from civiscore.decisions.check import Decision, UnknownService
 from civiscore.decisions.index import BatchAnswers, DecisionIndex
 from civiscore.home import load_key
 from civiscore.ids import pseudonym, pseudonym_sql, subject_type, valid_ids
-from civiscore.ingest.readers import FIELDS, RAW_SCHEMA
+from civiscore.ingest.readers import FIELDS, raw_table
 from civiscore.ingest.validate import (
     CHECKED,
     IDS,
@@ -736,13 +736,7 @@ def keep_rulebook_copy(ws: Workspace, at: dt.datetime) -> None:
 
 def _raw_table(rows: list[dict[str, Any]]) -> pa.Table:
     """API rows as the raw string batch the ingest validator reads (row = 1-based index)."""
-    n = len(rows)
-    cols: dict[str, Any] = {
-        "row": pa.array(range(1, n + 1), pa.int64()),
-        "line": pa.nulls(n, pa.int64()),
-        "malformed": pa.nulls(n, pa.string()),
-    }
+    cols: dict[str, pa.Array] = {"row": pa.array(range(1, len(rows) + 1), pa.int64())}
     for f in FIELDS:
         cols[f] = pa.array([None if r.get(f) is None else str(r.get(f)) for r in rows], pa.string())
-    cols["quantity_value"] = pa.nulls(n, pa.float64())
-    return pa.Table.from_pydict(cols, schema=RAW_SCHEMA)
+    return raw_table(cols, len(rows))

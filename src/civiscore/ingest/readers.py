@@ -162,23 +162,28 @@ def read_ahead(batches: Iterator[pa.Table], depth: int = 2) -> Iterator[pa.Table
         thread.join()
 
 
+def raw_table(columns: dict[str, pa.Array], n: int) -> pa.Table:
+    """``n`` rows in :data:`RAW_SCHEMA`; a column not in ``columns`` is all null."""
+    return pa.Table.from_arrays(
+        [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in RAW_SCHEMA],
+        schema=RAW_SCHEMA,
+    )
+
+
 def _standardise(columns: dict[str, pa.Array], n: int, row0: int, line: pa.Array) -> pa.Table:
     out: dict[str, pa.Array] = {
         "row": pa.array(np.arange(row0 + 1, row0 + n + 1, dtype=np.int64)),
         "line": line,
-        "malformed": pa.nulls(n, pa.string()),
     }
-    value = pa.nulls(n, pa.float64())
     for f in FIELDS:
         col = columns.get(f)
         if col is None:
-            out[f] = pa.nulls(n, pa.string())
-        elif f == "quantity" and _numeric(col.type):
-            out[f], value = pa.nulls(n, pa.string()), col.cast(pa.float64())
+            continue
+        if f == "quantity" and _numeric(col.type):
+            out["quantity_value"] = col.cast(pa.float64())
         else:
             out[f] = col.cast(pa.string())
-    out["quantity_value"] = value
-    return pa.Table.from_pydict(out, schema=RAW_SCHEMA)
+    return raw_table(out, n)
 
 
 def _numeric(t: pa.DataType) -> bool:
@@ -237,17 +242,13 @@ def _csv_batches(info: FileInfo, batch_rows: int, progress: Progress | None) -> 
 
 
 def _malformed_table(bad: list[tuple[int, str]], why: str) -> pa.Table:
-    lines = pa.array([ln if ln >= 0 else None for ln, _ in bad], pa.int64())
     n = len(bad)
     cols: dict[str, pa.Array] = {
         "row": pa.array([ln - 1 if ln >= 0 else None for ln, _ in bad], pa.int64()),
-        "line": lines,
+        "line": pa.array([ln if ln >= 0 else None for ln, _ in bad], pa.int64()),
         "malformed": pa.array([why] * n, pa.string()),
     }
-    for f in FIELDS:
-        cols[f] = pa.nulls(n, pa.string())
-    cols["quantity_value"] = pa.nulls(n, pa.float64())
-    return pa.Table.from_pydict(cols, schema=RAW_SCHEMA)
+    return raw_table(cols, n)
 
 
 def _rechunk(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.Table]:
