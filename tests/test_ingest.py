@@ -219,6 +219,37 @@ def test_reingest_and_overlap_add_nothing_twice_and_conflicts_are_rejected(
     assert ws.ingest("tourism", other, received_at=RECEIVED).accepted == 1
 
 
+def test_new_subjects_are_numbered_in_pseudonym_order_whatever_the_files_order(
+    tmp_path: Path,
+) -> None:
+    """A subject's number depends on the store's subjects and the file's, not on row order: two
+    stores with one key, given the same files with rows in opposite orders, number everyone
+    alike; each file's new subjects follow the store's highest number, by pseudonym."""
+    first = [_good(n) for n in range(1, 40)]
+    second = [_good(n) for n in range(30, 70)]  # 30-39 are known by then
+    Workspace.init(tmp_path / "a")[0].close()
+    Workspace.init(tmp_path / "b")[0].close()
+    key = (tmp_path / "a" / "pseudonym.key").read_bytes()
+    (tmp_path / "b" / "pseudonym.key").write_bytes(key)
+    numbering = []
+    for store, rows_in in (("a", lambda rows: rows), ("b", lambda rows: rows[::-1])):
+        w = Workspace.open(tmp_path / store)
+        try:
+            for i, rows in enumerate((first, second)):
+                path = write_csv(tmp_path / f"{store}{i}.csv", rows_in(rows))
+                w.ingest("transport", path, received_at=RECEIVED)
+                sids = w.store.con.execute(
+                    "SELECT pseudonym, sid FROM subjects ORDER BY sid"
+                ).fetchall()
+                assert [sid for _, sid in sids] == list(range(1, len(sids) + 1))
+                new = sids[39 if i else 0 :]  # this file's new subjects, after the last file's
+                assert [p for p, _ in new] == sorted(p for p, _ in new)
+            numbering.append(dict(sids))
+        finally:
+            w.close()
+    assert numbering[0] == numbering[1] and len(numbering[0]) == 69
+
+
 def test_raw_ids_are_never_stored(ws: Workspace, tmp_path: Path) -> None:
     raw = resident_id(42)
     ws.ingest("transport", write_csv(tmp_path / "a.csv", [_good(42)]), received_at=RECEIVED)
