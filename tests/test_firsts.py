@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
 
-import duckdb
-import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from civiscore.ids import pseudonym
 from civiscore.store import firsts
 from civiscore.store.duckdb_store import DuckDBStore
-from civiscore.workspace import Workspace
-from tests.utils import resident_id, write_csv
 
 DAY = dt.timedelta(days=1)
 START = dt.datetime(2025, 1, 1)
-RECEIVED = dt.datetime(2026, 1, 1)
 
 # A record: (subject 1-3, occurred day 0-5, received day 0-5).
 _record = st.tuples(st.integers(1, 3), st.integers(0, 5), st.integers(0, 5))
@@ -127,114 +120,3 @@ def test_a_store_without_the_table_falls_back_to_the_scan() -> None:
         firsts.fold_new(store.con)  # nothing to fold into, and no error
     finally:
         store.close()
-
-
-def _pairs_hold(store: DuckDBStore) -> None:
-    """Each subject's firsts are its records' minima, and each pair is one real record's."""
-    con = store.con
-    wrong = con.execute(
-        """SELECT count(*) FROM subject_firsts f FULL JOIN (
-             SELECT sid, min(occurred_at) AS o, min(received_at) AS r FROM records GROUP BY sid
-           ) m USING (sid)
-           WHERE f.first_occurred IS DISTINCT FROM m.o OR f.first_received IS DISTINCT FROM m.r
-              OR NOT EXISTS (SELECT 1 FROM records x WHERE x.sid = f.sid
-                  AND x.occurred_at = f.first_occurred AND x.received_at = f.its_received)
-              OR NOT EXISTS (SELECT 1 FROM records x WHERE x.sid = f.sid
-                  AND x.occurred_at = f.its_occurred AND x.received_at = f.first_received)"""
-    ).fetchall()[0][0]
-    assert wrong == 0
-
-
-@settings(
-    max_examples=100,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
-)
-@given(
-    files=st.lists(
-        st.tuples(
-            st.lists(st.tuples(st.integers(1, 3), st.integers(0, 5)), min_size=1, max_size=8),
-            st.integers(0, 5),
-            st.sampled_from(["in the transaction", "after", "not yet"]),
-        ),
-        min_size=1,
-        max_size=4,
-    )
-)
-def test_folding_a_file_from_what_ingest_knows_equals_reading_it_back(
-    files: list[tuple[list[tuple[int, int]], int, str]],
-) -> None:
-    """A file's records, all received at once, folded in the transaction that stores them from
-    each subject's earliest occurrence (as ingest does), or afterwards from the records: the
-    same firsts. A fold in the transaction after one that was not made waits for the next
-    read-back, which folds both."""
-    store = DuckDBStore.memory()
-    con = store.con
-    try:
-        first = 0
-        for rows, received, when in files:
-            con.execute("BEGIN TRANSACTION")
-            before = int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
-            _store_records(store, [(sid, occurred, received) for sid, occurred in rows], first)
-            first += len(rows)
-            if when == "in the transaction":
-                earliest = " UNION ALL ".join(
-                    f"SELECT {sid} AS sid, TIMESTAMP '{START + day * DAY}' AS first_occurred"
-                    for sid, day in sorted(
-                        {s: min(o for t, o in rows if t == s) for s, _ in rows}.items()
-                    )
-                )
-                folded = firsts.fold_stored(con, before, earliest, START + received * DAY)
-                assert folded == (firsts.covered(con) == first)
-            con.execute("COMMIT")
-            if when == "after":
-                firsts.fold_new(con)
-        firsts.fold_new(con)
-        assert firsts.covered(con) == first
-        _pairs_hold(store)
-    finally:
-        store.close()
-
-
-def test_ingest_folds_a_files_firsts_as_it_stores_them_unless_some_rows_clash(
-    ws: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A department file's subjects' first records come from its accepted rows (a rejected
-    row's occurrence never counts); when some of its rows are already stored they are read
-    back from the records instead. Either way they are the records' minima."""
-    read_back: list[int] = []
-    real = firsts._new_firsts
-
-    def spy(con: duckdb.DuckDBPyConnection, upto: int) -> str:
-        read_back.append(upto)
-        return real(con, upto)
-
-    monkeypatch.setattr(firsts, "_new_firsts", spy)
-
-    def row(n: int, subject: int, day: int, kind: str = "transport.speeding") -> dict[str, object]:
-        return {
-            "record_id": f"R{n}",
-            "subject_id": resident_id(subject),
-            "kind": kind,
-            "occurred_at": f"2025-05-{day:02d}T08:00:00",
-            "quantity": 12,
-        }
-
-    a = [row(1, 1, 9), row(2, 1, 4), row(3, 2, 7)]
-    # Subject 2's earliest row is rejected (an unknown kind): its first record stays day 7.
-    b = [row(4, 2, 1, kind="transport.teleportation"), row(5, 3, 3), row(6, 1, 2)]
-    c = [*a, row(7, 4, 5)]  # a again: its rows are duplicates
-    for rows, read in ((a, False), (b, False), (c, True)):
-        path = write_csv(tmp_path / f"f{len(read_back)}-{len(rows)}.csv", rows)
-        ws.ingest("transport", path, received_at=RECEIVED)
-        assert bool(read_back) == read
-        read_back.clear()
-        stored = ws.store.con.execute("SELECT count(*) FROM records").fetchall()[0][0]
-        assert firsts.covered(ws.store.con) == stored
-        _pairs_hold(ws.store)
-    first = dict(
-        ws.store.con.execute(
-            "SELECT s.pseudonym, f.first_occurred FROM subject_firsts f JOIN subjects s USING (sid)"
-        ).fetchall()
-    )
-    assert first[pseudonym(ws.key, resident_id(2))] == dt.datetime(2025, 5, 7, 8)

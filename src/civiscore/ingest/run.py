@@ -133,14 +133,7 @@ def ingest_file(
             on_phase("storing")
         check_stage(stage, key)
         result = store.write_checked(
-            department,
-            CHECKED,
-            IDS,
-            received,
-            run,
-            key=KEY,
-            unique_record_ids=increasing.still,
-            first_occurred="first_occurred",
+            department, CHECKED, IDS, received, run, key=KEY, unique_record_ids=increasing.still
         )
         summary.accepted, summary.duplicates = result.accepted, result.duplicates
         summary.rejected = _write_rejects(con, result.conflicts, partial, summary.reasons)

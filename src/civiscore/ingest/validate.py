@@ -429,11 +429,9 @@ def check_stage(stage: Stage, key: bytes) -> None:
 
     A file names each subject many times; the keyed hash, the costliest step, runs once per
     distinct ID. :data:`IDS` has one row per ID (:data:`KEY`) with at least one accepted row,
-    with its ``subject_type``, ``pseudonym`` and the earliest ``occurred_at`` of its accepted
-    rows, ``first_occurred`` (for :func:`civiscore.store.firsts.fold_stored`). The rows are
-    grouped by the ID's number, and the ID spelled from it again only for the hash, once per ID.
-    (The number is a DECIMAL; DuckDB casts it to HUGEINT by way of text in a third of the time
-    of a direct cast.)
+    with its ``subject_type`` and ``pseudonym``. The rows are grouped by the ID's number, and
+    the ID spelled from it again only for the hash, once per ID. (The number is a DECIMAL;
+    DuckDB casts it to HUGEINT by way of text in a third of the time of a direct cast.)
     """
     _find_reasons(stage)
     stage.con.execute(
@@ -441,9 +439,9 @@ def check_stage(stage: Stage, key: bytes) -> None:
         CREATE OR REPLACE TEMP TABLE {IDS} AS
         SELECT {KEY},
                CASE id_type WHEN 1 THEN 'person' WHEN 2 THEN 'organisation' END AS subject_type,
-               {pseudonym_sql(key, id_from_key_sql("number"))} AS pseudonym, first_occurred
+               {pseudonym_sql(key, id_from_key_sql("number"))} AS pseudonym
         FROM (SELECT {KEY}, CAST(CAST({KEY} AS VARCHAR) AS HUGEINT) AS number,
-                     any_value(id_type) AS id_type, min(occurred_at) AS first_occurred
+                     any_value(id_type) AS id_type
               FROM {CHECKED} GROUP BY {KEY})
         """
     )

@@ -95,58 +95,27 @@ def fold_new(con: duckdb.DuckDBPyConnection) -> None:
     :func:`civiscore.store.watermark.extend`)."""
 
     def fold(upto: int) -> None:
-        _merge(con, _new_firsts(con, upto))
+        # Updating only the subjects whose firsts move beats rebuilding the table once it is
+        # large: the folds of the 50-million-record city took 5.2 s this way, 7.1 s rebuilt.
+        con.execute("CREATE OR REPLACE TEMP TABLE firsts_new AS " + _new_firsts(con, upto))
+        con.execute(
+            f"""UPDATE {TABLE} f
+            SET first_occurred = least(f.first_occurred, n.first_occurred),
+                its_received = CASE WHEN n.first_occurred < f.first_occurred
+                                    THEN n.its_received ELSE f.its_received END,
+                first_received = least(f.first_received, n.first_received),
+                its_occurred = CASE WHEN n.first_received < f.first_received
+                                    THEN n.its_occurred ELSE f.its_occurred END
+            FROM firsts_new n
+            WHERE f.sid = n.sid AND (n.first_occurred < f.first_occurred
+                                     OR n.first_received < f.first_received)"""
+        )
+        con.execute(
+            f"INSERT INTO {TABLE} SELECT n.* FROM firsts_new n ANTI JOIN {TABLE} f ON f.sid = n.sid"
+        )
+        con.execute("DROP TABLE firsts_new")
 
     watermark.extend(con, TABLE, _UPTO, fold)
-
-
-def fold_stored(
-    con: duckdb.DuckDBPyConnection, before: int, earliest: str, received_at: dt.datetime
-) -> bool:
-    """Fold, in the caller's transaction, the records it has just stored from rowid ``before``
-    on, all received at ``received_at``, given ``earliest``: a SELECT of ``sid`` and
-    ``first_occurred``, each of their subjects' earliest occurrence among them (see
-    :func:`civiscore.store.watermark.advance`). Returns whether it did.
-
-    Ingest knows the earliest occurrence per subject from grouping its file by ID, so this spares
-    reading the records back and grouping them again (9.0 s of 327 s for the 115 million rows
-    of Beijing's civil affairs file).
-    """
-    at = sql_timestamp(received_at)
-    return watermark.advance(
-        con,
-        TABLE,
-        _UPTO,
-        before,
-        lambda: _merge(
-            con,
-            f"""SELECT sid, first_occurred, {at} AS its_received, {at} AS first_received,
-                   first_occurred AS its_occurred FROM ({earliest})""",
-        ),
-    )
-
-
-def _merge(con: duckdb.DuckDBPyConnection, new_firsts: str) -> None:
-    """Merge ``new_firsts`` (this table's columns, one row per subject) into the table."""
-    # Updating only the subjects whose firsts move beats rebuilding the table once it is
-    # large: the folds of the 50-million-record city took 5.2 s this way, 7.1 s rebuilt.
-    con.execute("CREATE OR REPLACE TEMP TABLE firsts_new AS " + new_firsts)
-    con.execute(
-        f"""UPDATE {TABLE} f
-        SET first_occurred = least(f.first_occurred, n.first_occurred),
-            its_received = CASE WHEN n.first_occurred < f.first_occurred
-                                THEN n.its_received ELSE f.its_received END,
-            first_received = least(f.first_received, n.first_received),
-            its_occurred = CASE WHEN n.first_received < f.first_received
-                                THEN n.its_occurred ELSE f.its_occurred END
-        FROM firsts_new n
-        WHERE f.sid = n.sid AND (n.first_occurred < f.first_occurred
-                                 OR n.first_received < f.first_received)"""
-    )
-    con.execute(
-        f"INSERT INTO {TABLE} SELECT n.* FROM firsts_new n ANTI JOIN {TABLE} f ON f.sid = n.sid"
-    )
-    con.execute("DROP TABLE firsts_new")
 
 
 def _bounds(at: dt.datetime, known_at: dt.datetime) -> tuple[str, str, str]:

@@ -50,26 +50,6 @@ def extend(
         raise
 
 
-def advance(
-    con: duckdb.DuckDBPyConnection,
-    table: str,
-    key: str,
-    before: int,
-    fold: Callable[[], None],
-) -> bool:
-    """Inside the caller's transaction, which has just stored the rows from ``before`` on:
-    when ``table`` covers exactly the rows before them, ``fold()`` folds the new rows in (from
-    what the caller knows of them, not from ``records``) and the watermark moves past them, so
-    both commit with the rows. Returns whether it did; if not, :func:`extend` folds them later.
-    """
-    if covered(con, table, key) != before:
-        return False
-    fold()
-    total = int(con.execute("SELECT count(*) FROM records").fetchall()[0][0])
-    con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [key, str(total)])
-    return True
-
-
 def drop_if_lacking(
     con: duckdb.DuckDBPyConnection, table: str, key: str, column: str, *also: str
 ) -> None:
