@@ -24,6 +24,8 @@ from hypothesis import strategies as st
 from civiscore.ids import id_types_and_keys
 from civiscore.ingest.readers import FileError
 from civiscore.ingest.validate import PARSE_ANY_TS, PARSE_FAST_TS
+from civiscore.store.base import BATCH_SCHEMA
+from civiscore.store.duckdb_store import DuckDBStore
 from civiscore.workspace import Workspace
 from tests.utils import org_id, resident_id, write_csv
 
@@ -731,3 +733,37 @@ def test_a_batch_splits_into_accepted_and_rejected_rows_with_reasons(where: str)
         (4, "occurred_at", True),
         (8, "line", True),
     ]
+
+
+def test_many_new_subjects_are_numbered_in_pseudonym_order() -> None:
+    """Enough new subjects at once that DuckDB sorts and writes them on every thread: still
+    numbered in pseudonym order, with no gap."""
+    n = 600_000
+    pseudonyms = [f"{(i * 2654435761) % 2**32:08x}{i:08x}" for i in range(n)]
+    batch = pa.table(
+        {
+            "row": pa.array(range(1, n + 1), pa.int64()),
+            "line": pa.nulls(n, pa.int64()),
+            "record_id": [f"R{i:07d}" for i in range(n)],
+            "pseudonym": pseudonyms,
+            "subject_type": pa.array(["person"] * n),
+            "kind": pa.array(["transport.speeding"] * n),
+            "occurred_at": pa.array([dt.datetime(2025, 5, 1)] * n, pa.timestamp("us")),
+            "quantity": pa.array([12.0] * n),
+            "reference": pa.nulls(n, pa.string()),
+            "retracts": pa.nulls(n, pa.string()),
+        },
+        schema=BATCH_SCHEMA,
+    )
+    store = DuckDBStore.memory()
+    try:
+        store.con.execute("SET threads = 4")
+        assert store.write_batch("transport", batch, RECEIVED).accepted == n
+        numbered = [
+            p
+            for (p,) in store.con.execute("SELECT pseudonym FROM subjects ORDER BY sid").fetchall()
+        ]
+        assert numbered == sorted(pseudonyms)
+        assert store.con.execute("SELECT min(sid), max(sid) FROM subjects").fetchall() == [(1, n)]
+    finally:
+        store.close()
