@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from civiscore.ids import id_types_and_keys
 from civiscore.ingest.readers import FileError
-from civiscore.ingest.validate import PARSE_ANY_TS, PARSE_FAST_TS
+from civiscore.ingest.validate import PARSE_ANY_TS, PARSE_FAST_TS, SPACES
 from civiscore.store.base import BATCH_SCHEMA
 from civiscore.store.duckdb_store import DuckDBStore
 from civiscore.workspace import Workspace
@@ -219,6 +219,32 @@ def test_reingest_and_overlap_add_nothing_twice_and_conflicts_are_rejected(
     # The same record_id in another department is another record.
     other = write_csv(tmp_path / "d.csv", [_good(1, kind="tourism.uncivil_conduct")])
     assert ws.ingest("tourism", other, received_at=RECEIVED).accepted == 1
+
+
+def test_a_conflict_is_rejected_with_its_row_and_line_in_every_format(
+    ws: Workspace, tmp_path: Path
+) -> None:
+    """A row refused because its record_id is stored with other content was accepted by the
+    checks, so its line comes from the stage, not from the raw rows: a CSV's is its row + 1, a
+    JSON Lines' its row (blank lines count), Parquet has none."""
+    ws.ingest("transport", write_csv(tmp_path / "a.csv", [_good(1)]), received_at=RECEIVED)
+    changed = write_csv(tmp_path / "b.csv", [_good(2), _good(3), _good(1, quantity=60)])
+    (rej,) = _rejects(ws.ingest("transport", changed, received_at=RECEIVED).rejects_file)
+    assert (rej["row"], rej["line"], rej["field"]) == ("3", "4", "record_id")
+
+    jl = tmp_path / "b.jsonl"
+    jl.write_text(
+        "\n".join(["", json.dumps({**_good(4), "quantity": 12}), json.dumps(_good(1, quantity=61))])
+        + "\n"
+    )
+    (rej,) = _rejects(ws.ingest("transport", jl, received_at=RECEIVED).rejects_file)
+    assert (rej["row"], rej["line"], rej["field"]) == ("3", "3", "record_id")
+
+    pqf = tmp_path / "b.parquet"
+    rows = [_good(5), _good(1, quantity=62)]
+    pq.write_table(pa.Table.from_pylist([{**r, "quantity": str(r["quantity"])} for r in rows]), pqf)
+    (rej,) = _rejects(ws.ingest("transport", pqf, received_at=RECEIVED).rejects_file)
+    assert (rej["row"], rej["line"], rej["field"]) == ("2", "", "record_id")
 
 
 def test_new_subjects_are_numbered_in_pseudonym_order_whatever_the_files_order(
@@ -549,7 +575,11 @@ def _flawed(n: int, subject: int, flaw: str, spelling: str) -> dict[str, object]
         over["occurred_at"] = "2025-02-30"
     elif flaw == "quantity":
         over["quantity"] = "lots"
-    return _good(n, **over)
+    row = _good(n, **over)
+    if "spaces" in spelling:  # the other fields padded alike, trimmed as the ID is
+        for name in ("record_id", "kind", "occurred_at", "quantity"):
+            row[name] = _spelt(str(row[name]), spelling)
+    return row
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -568,8 +598,9 @@ def test_rows_are_checked_alike_whatever_the_batches_and_the_ids_spelling(
 ) -> None:
     """Rows are checked batch by batch as the file is read: what is stored, what is rejected
     and why, and who becomes a subject do not depend on where the batches break. An ID is
-    read trimmed of spaces and upper-cased; a subject none of whose rows is accepted is not
-    stored at all."""
+    read trimmed of spaces and upper-cased, the other fields trimmed (only in the batches where
+    a value might need it), and a rejected row's occurred_at is reported as sent; a subject
+    none of whose rows is accepted is not stored at all."""
     home = tmp_path_factory.mktemp("batches")
     path = write_csv(
         home / "f.csv", [_flawed(n, s, flaw, sp) for n, (s, flaw, sp) in enumerate(rows)]
@@ -589,7 +620,10 @@ def test_rows_are_checked_alike_whatever_the_batches_and_the_ids_spelling(
                 ).fetchall()
             ]
             rejects = (
-                [(r["row"], r["field"], r["reason"]) for r in _rejects(got.rejects_file)]
+                [
+                    (r["row"], r["field"], r["reason"], r["occurred_at"])
+                    for r in _rejects(got.rejects_file)
+                ]
                 if got.rejected
                 else []
             )
@@ -602,9 +636,11 @@ def test_rows_are_checked_alike_whatever_the_batches_and_the_ids_spelling(
     good = [n for n, (_, flaw, _) in enumerate(rows) if flaw == "none"]
     assert accepted == len(good) and rejected == len(rows) - len(good)
     assert [(rid, s) for rid, s, *_ in stored] == sorted((f"R{n}", rows[n][0]) for n in good)
-    assert [int(row) for row, _, _ in rejects] == [
+    assert [int(row) for row, *_ in rejects] == [
         n + 1 for n, (_, flaw, _) in enumerate(rows) if flaw != "none"
     ]
+    sent = {n + 1: _flawed(n, s, flaw, sp)["occurred_at"] for n, (s, flaw, sp) in enumerate(rows)}
+    assert [occurred for *_, occurred in rejects] == [sent[int(row)] for row, *_ in rejects]
     assert subjects == {rows[n][0] for n in good}
 
 
@@ -624,6 +660,41 @@ def test_an_id_is_trimmed_of_what_duckdb_trims() -> None:
     for ch in sorted(separators | {"\t", "\n", "\r", "\u200b", "\ufeff", "\u0085"}):
         (trimmed,) = con.execute("SELECT trim(?)", [f"{ch}A{ch}"]).fetchall()[0]
         assert (trimmed == "A") == (ch in separators), repr(ch)
+
+
+_EDGE_CHARS = "AZaz09-:~" + "".join(sorted(set(SPACES))) + "\t\n\x7f\u4eac\u0663"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(st.none() | st.text(alphabet=_EDGE_CHARS, max_size=4), max_size=12),
+    cut=st.integers(0, 3),
+    large=st.booleans(),
+)
+def test_a_batch_is_left_untrimmed_only_when_trimming_would_change_nothing(
+    values: list[str | None], cut: int, large: bool
+) -> None:
+    """A field is trimmed only in the batches where some value might need it
+    (``may_need_trim``): where it says none does, DuckDB's ``trim`` changes no value, whatever
+    the spaces, empty and null values, slices and chunks; and plain ASCII values are left alone,
+    which is what makes it pay."""
+    import duckdb
+
+    from civiscore.ingest.validate import may_need_trim
+
+    kind = pa.large_string() if large else pa.string()
+    whole = pa.array(values, kind)
+    column = pa.chunked_array([whole.slice(0, cut), whole.slice(cut)], kind)
+    for candidate in (column, whole.slice(cut)):
+        if not may_need_trim(candidate):
+            kept = candidate.to_pylist()
+            if not kept:
+                continue
+            sql = "SELECT trim(v) FROM unnest(?) t(v)"
+            trimmed = [r[0] for r in duckdb.connect().execute(sql, [kept]).fetchall()]
+            assert trimmed == kept
+    plain = [v.strip(SPACES + "\t\n\x7f\u4eac\u0663") or None for v in values if v]
+    assert not may_need_trim(pa.array(plain, kind))
 
 
 def test_an_id_ordered_file_keeps_its_claim_through_blank_ids() -> None:

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 import duckdb
+import numpy as np
+import numpy.typing as npt
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -105,10 +108,14 @@ _RAW_COLUMNS = ", ".join(f"{f.name} {_SQL_TYPES[f.type]}" for f in RAW_SCHEMA)
 # it was rejected; :data:`CHECKED` is the accepted ones. A rejected row is also in
 # :data:`REJECTED`, which names the ``field`` at fault and the ``reason`` and keeps the text
 # the department sent, for the rejects file. Rejected rows are few: apart, the rejects file
-# does not scan every accepted row for them (16 s at 115 million rows, spilled).
+# does not scan every accepted row for them (16 s at 115 million rows, spilled). A row's line
+# is kept as its distance from the row's number (``line_gap``), which the readers fix per
+# format (a CSV's line is its row + 1, a JSON Lines' its row, Parquet has none): one byte of
+# the stage's row instead of eight. A reader that broke that would fail the stage's insert (a
+# gap out of TINYINT's range), not store a wrong line.
 _TABLES = f"""
 CREATE OR REPLACE TEMP TABLE {_STAGED} (
-  row BIGINT, line BIGINT, record_id VARCHAR, {KEY} DECIMAL(38, 0), id_type TINYINT,
+  row BIGINT, line_gap TINYINT, record_id VARCHAR, {KEY} DECIMAL(38, 0), id_type TINYINT,
   kind_no USMALLINT, occurred_at TIMESTAMP, quantity DOUBLE, reference VARCHAR,
   retracts VARCHAR, rejected BOOLEAN);
 CREATE OR REPLACE TEMP TABLE {REJECTED} (
@@ -125,6 +132,50 @@ _CREATE_RAW_REJECTED = f"""CREATE OR REPLACE TEMP TABLE {_RAW_REJECTED} (
 SPACES = (
     "\u0020\u00a0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200B)) + "\u202f\u205f\u3000"
 )
+
+# The text fields the checks trim (the ID is trimmed before, in :func:`prepare`). Trimming was
+# a third of the checks' time (11.3 million rows of civil affairs staged in 2.8-3.1 s without
+# it, 4.1-5.2 s with), and nearly every value needs none: :func:`prepare` finds, per batch, the
+# fields where some value might, and only those are trimmed.
+TRIMMED = frozenset(("record_id", "kind", "occurred_at", "quantity", "reference", "retracts"))
+_TRIM_KEY = b"civiscore.trim"
+
+
+def may_need_trim(column: pa.ChunkedArray | pa.Array) -> bool:
+    """Whether trimming could change a value of a string column: whether some value begins or
+    ends with a byte that is a control character, a space or not ASCII (every space separator
+    but U+0020 is written with bytes above 127 in UTF-8).
+
+    Two bytes a value are read, from the offsets, not the strings. A null or empty value reads
+    its neighbours' bytes, which can only answer yes where no would do.
+    """
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    for chunk in chunks:
+        if len(chunk) == 0 or chunk.null_count == len(chunk):
+            continue
+        _, offsets_buffer, data_buffer = chunk.buffers()
+        if data_buffer is None or data_buffer.size == 0:
+            continue  # every value is empty
+        width = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+        offsets = cast(
+            "npt.NDArray[np.signedinteger[Any]]", np.frombuffer(offsets_buffer, dtype=width)
+        )[chunk.offset : chunk.offset + len(chunk) + 1]
+        data = np.frombuffer(data_buffer, dtype=np.uint8)
+        first = data.take(np.minimum(offsets[:-1], data.size - 1))
+        last = data.take(offsets[1:] - 1)  # an empty first value reads the buffer's last byte
+        # Bytes 33-126 are printable ASCII other than the space; the rest wrap to 94 and up.
+        if ((first - np.uint8(33)) >= 94).any() or ((last - np.uint8(33)) >= 94).any():
+            return True
+    return False
+
+
+def to_trim(batch: pa.Table) -> frozenset[str]:
+    """The fields :func:`prepare` found might need trimming in ``batch``; every one of
+    :data:`TRIMMED` for a batch it did not prepare."""
+    found = (batch.schema.metadata or {}).get(_TRIM_KEY)
+    if found is None:
+        return TRIMMED
+    return frozenset(found.decode().split(",")) - {""}
 
 
 # Rejected rows, as they came, wait in memory up to this size, and beyond it in a temporary
@@ -144,12 +195,24 @@ class Stage:
     """
 
     con: duckdb.DuckDBPyConnection
-    checks: str
+    department: str
+    dep: Department
+    received_at: dt.datetime
     in_memory: int = REJECTS_IN_MEMORY
     staged: int = 0  # rows in the stage, so a batch's are those from this rowid on
     pending: list[pa.Table] = field(default_factory=list)
     pending_bytes: int = 0
     spilled: bool = False
+    variants: dict[frozenset[str], str] = field(default_factory=dict)
+
+    def checks(self, trim: frozenset[str] = TRIMMED) -> str:
+        """The checks' SELECT (:func:`checks_sql`) trimming the columns ``trim`` names."""
+        sql = self.variants.get(trim)
+        if sql is None:
+            sql = self.variants[trim] = checks_sql(
+                self.department, self.dep, self.received_at, trim
+            )
+        return sql
 
     def keep(self, rows: pa.Table) -> None:
         """Keep rejected raw rows until their reasons are found."""
@@ -190,18 +253,19 @@ def create_stage(
     names = "[" + ", ".join(_q(k) for k in dep.kinds) + "]"
     con.execute(
         f"""CREATE OR REPLACE TEMP VIEW {CHECKED} AS
-        SELECT row, line, record_id, {KEY}, id_type, {names}[kind_no] AS kind, occurred_at,
-               quantity, reference, retracts
+        SELECT row, row + line_gap AS line, record_id, {KEY}, id_type, {names}[kind_no] AS kind,
+               occurred_at, quantity, reference, retracts
         FROM {_STAGED} WHERE NOT rejected"""
     )
-    return Stage(con, checks_sql(department, dep, received_at), in_memory)
+    return Stage(con, department, dep, received_at, in_memory)
 
 
 def prepare(raw: pa.Table) -> pa.Table:
     """A batch of raw rows (``readers.RAW_SCHEMA``) ready for :func:`append_to_stage`: the ID
     trimmed of :data:`SPACES` and upper-cased (as DuckDB's ``trim`` and ``upper`` would), the
     type its check digits give (``id_type``) and, when valid, the ID as a number (:data:`KEY`;
-    both by :func:`ids.id_types_and_keys`, on a numpy byte matrix).
+    both by :func:`ids.id_types_and_keys`, on a numpy byte matrix), and in the schema's
+    metadata the fields whose values might need trimming (:func:`may_need_trim`, :func:`to_trim`).
 
     Apart from :func:`append_to_stage`, so that a reader thread can do it while DuckDB stores
     the batch before (about 0.2 s a million rows).
@@ -209,7 +273,12 @@ def prepare(raw: pa.Table) -> pa.Table:
     ids = pc.utf8_upper(pc.utf8_trim(raw.column("subject_id"), SPACES))
     types, keys = id_types_and_keys(ids)
     batch = raw.set_column(raw.schema.get_field_index("subject_id"), "subject_id", ids)
-    return batch.append_column("id_type", pa.array(types, pa.int8())).append_column(KEY, keys)
+    trim = ",".join(sorted(c for c in TRIMMED if may_need_trim(batch.column(c))))
+    return (
+        batch.append_column("id_type", pa.array(types, pa.int8()))
+        .append_column(KEY, keys)
+        .replace_schema_metadata({_TRIM_KEY: trim.encode()})
+    )
 
 
 def append_to_stage(stage: Stage, batch: pa.Table) -> None:
@@ -229,9 +298,9 @@ def append_to_stage(stage: Stage, batch: pa.Table) -> None:
         # splitting it took 3.9 s for 5.7 million rows, this 2.9 s.)
         con.execute(
             f"""INSERT INTO {_STAGED}
-            SELECT row, line, record_id, {KEY}, id_type, cat_no, ts, qnum, reference, retracts,
-                   field IS NOT NULL
-            FROM ({stage.checks})"""
+            SELECT row, line - row, record_id, {KEY}, id_type, cat_no, ts, qnum, reference,
+                   retracts, field IS NOT NULL
+            FROM ({stage.checks(to_trim(batch))})"""
         )
         stage.staged += batch.num_rows  # every row goes in
         rejected = con.sql(
@@ -265,7 +334,7 @@ def _find_reasons(stage: Stage) -> None:
             f"""INSERT INTO {REJECTED}
             SELECT row, line, field, reason, record_id, subject_id, kind, occ_text, qty_text,
                    reference, retracts
-            FROM ({stage.checks}) WHERE field IS NOT NULL"""
+            FROM ({stage.checks()}) WHERE field IS NOT NULL"""
         )
     finally:
         if stage.spilled:
@@ -285,9 +354,15 @@ def drop_stage(stage: Stage) -> None:
         con.execute(f"DROP TABLE IF EXISTS {name}")
 
 
-def checks_sql(department: str, dep: Department, received_at: dt.datetime) -> str:
+def checks_sql(
+    department: str,
+    dep: Department,
+    received_at: dt.datetime,
+    trim: frozenset[str] = TRIMMED,
+) -> str:
     """A SELECT of every check's outcome for a batch of a file of ``department`` received at
-    ``received_at`` (:func:`append_to_stage`).
+    ``received_at`` (:func:`append_to_stage`), trimming the fields ``trim`` names (of
+    :data:`TRIMMED`; the others are known to need it in none of the batch's values).
 
     The first failing check names the row's ``field`` (NULL when the row is accepted), and its
     ``reason`` says what to fix.
@@ -390,18 +465,22 @@ def checks_sql(department: str, dep: Department, received_at: dt.datetime) -> st
     # Raw strings trimmed (the ID was trimmed and upper-cased before, with its check digits);
     # ``raw_occ`` keeps occurred_at as sent where trimming changed it, for the rejects file.
     # Only rejected rows pay for a reason and keep their raw text.
+
+    def trimmed(name: str) -> str:
+        return f"trim({name})" if name in trim else name
+
     return f"""
         WITH s AS (
           SELECT row, line, malformed,
-            nullif(trim(record_id), '') AS record_id,
+            nullif({trimmed("record_id")}, '') AS record_id,
             nullif(subject_id, '') AS subject_id, id_type, {KEY},
             CASE id_type WHEN 1 THEN 'person' WHEN 2 THEN 'organisation' END AS subject_type,
-            nullif(trim(kind), '') AS kind,
-            nullif(trim(occurred_at), '') AS occ,
-            nullif(trim(quantity), '') AS qty, quantity_value,
-            nullif(trim(reference), '') AS reference,
-            nullif(trim(retracts), '') AS retracts,
-            CASE WHEN occurred_at IS DISTINCT FROM nullif(trim(occurred_at), '')
+            nullif({trimmed("kind")}, '') AS kind,
+            nullif({trimmed("occurred_at")}, '') AS occ,
+            nullif({trimmed("quantity")}, '') AS qty, quantity_value,
+            nullif({trimmed("reference")}, '') AS reference,
+            nullif({trimmed("retracts")}, '') AS retracts,
+            CASE WHEN occurred_at IS DISTINCT FROM nullif({trimmed("occurred_at")}, '')
                  THEN occurred_at END AS raw_occ
           FROM {_RAW}
         ), p AS (
