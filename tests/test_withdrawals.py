@@ -215,3 +215,97 @@ def test_a_department_file_is_folded_as_it_is_ingested(tmp_path: Path) -> None:
         assert rows == [("A", "tax.late_filing", dt.datetime(2025, 1, 1))]
     finally:
         ws.close()
+
+
+# A scored record: (id, subject, kind, occurred: days after START, retracts, received day).
+# Blood donations are capped per year and volunteer hours are points per unit, so taking a
+# withdrawn record back from a group's sum must come before the cap.
+_SCORED_KINDS = {
+    "tax.late_filing": None,
+    "civic.blood_donation": None,
+    "civic.volunteer_hours": 30.0,
+}
+_scored = st.tuples(
+    _ids,
+    st.integers(1, 2),
+    st.sampled_from(sorted(_SCORED_KINDS)),
+    st.sampled_from([0, 10, 20, 400, 800]),
+    st.none() | _ids,
+    st.integers(0, 5),
+)
+
+
+def _store_scored(
+    store: DuckDBStore, rows: list[tuple[str, int, str, int, str | None, int]]
+) -> None:
+    store.con.executemany(
+        "INSERT INTO records VALUES ('civil_affairs', ?, ?, ?, ?, ?, NULL, ?, ?, 0)",
+        [
+            (
+                f"{rid}-{i}" if retracts else rid,
+                sid,
+                kind,
+                START + occurred * DAY,
+                _SCORED_KINDS[kind],
+                retracts,
+                START + day * DAY,
+            )
+            for i, (rid, sid, kind, occurred, retracts, day) in enumerate(rows)
+        ],
+    )
+
+
+def _totals(
+    con: duckdb.DuckDBPyConnection, known_at: dt.datetime, tables: tuple[str, str] | None
+) -> dict[str, list[tuple[object, ...]]]:
+    """The plan's per-group, per-context and per-subject rows for everyone at known_at."""
+    at = START + 900 * DAY
+    cur = con.cursor()
+    try:
+        plan = stages(RULEBOOK, at, known_at, None, withdrawals=tables)
+        assert ("unmatched" in {s.name for s in plan}) == (tables is not None)
+        for stage in plan:
+            kind = "VIEW" if stage.view else "TABLE"
+            cur.execute(f"CREATE TEMP {kind} {stage.name} AS {stage.sql}")
+        return {
+            name: sorted(cur.execute(f"SELECT * FROM {name}").fetchall(), key=repr)
+            for name in ("groups", "points", "caps", "scores")
+        }
+    finally:
+        cur.close()
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=st.lists(_scored, min_size=1, max_size=10), known_at=st.integers(-1, 6))
+# Four donations in a year (20 points, capped at 15), two of them withdrawn (10), one of the
+# retractions received after K; and a subject whose every record is withdrawn.
+@example(
+    rows=[
+        ("A", 1, "civic.blood_donation", 0, None, 0),
+        ("B", 1, "civic.blood_donation", 10, None, 0),
+        ("C", 1, "civic.blood_donation", 20, None, 0),
+        ("D", 1, "civic.blood_donation", 20, None, 0),
+        ("X", 1, "civic.blood_donation", 0, "A", 1),
+        ("Y", 1, "civic.blood_donation", 0, "B", 4),
+        ("A", 2, "tax.late_filing", 400, None, 0),
+        ("X", 2, "tax.late_filing", 0, "A", 1),
+    ],
+    known_at=2,
+)
+def test_withdrawn_records_taken_back_from_the_totals_leave_what_dropping_them_does(
+    rows: list[tuple[str, int, str, int, str | None, int]], known_at: int
+) -> None:
+    """With the store's tables, a full score counts every record and takes the withdrawn ones'
+    points and counts back in the same aggregation, instead of probing every record against
+    them: the groups, sub-scores, caps and scores are those of dropping them first."""
+    store = DuckDBStore.memory()
+    try:
+        _store_scored(store, rows)
+        locator.index_new(store.con)
+        withdrawals.fold_new(store.con)
+        tables = withdrawals.plan_tables(store.con, "records")
+        assert tables is not None
+        K = START + known_at * DAY
+        assert _totals(store.con, K, tables) == _totals(store.con, K, None)
+    finally:
+        store.close()
