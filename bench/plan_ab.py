@@ -75,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
             name: module.stages(rb, at, known_at, None, population=population, withdrawals=tables)
             for name, module in (("this", this_plan), ("other", other_plan(args.other)))
         }
+        for name, plan in plans.items():
+            missing = [s for s in timed if s not in {stage.name for stage in plan}]
+            if missing:
+                raise SystemExit(
+                    f"--stages: {', '.join(missing)} not in {name} plan's stages "
+                    f"({', '.join(stage.name for stage in plan)}); name stages both plans have"
+                )
         last = {
             name: max(i for i, s in enumerate(plan) if s.name in timed)
             for name, plan in plans.items()

@@ -234,7 +234,8 @@ def stages(
     replaces the pass over every record (:func:`civiscore.store.firsts.population_sql`).
     ``withdrawals``, for everyone, names the store's tables of retracted keys and the rows they
     name (:func:`civiscore.store.withdrawals.plan_tables`), read instead of grouping every
-    retraction and matching every record's id against them. ``withdrawn_since`` says that
+    retraction and matching every record's id against them, and the withdrawn records' points
+    and counts are taken back from the totals (:func:`_totals`). ``withdrawn_since`` says that
     ``records`` carries a column of that name: when the first retraction naming each record was
     received, NULL when none has (:func:`civiscore.engine.spark_engine.export_store` writes it),
     so that ``live`` drops the withdrawn records with a filter instead of a join.
@@ -270,7 +271,9 @@ def stages(
     withdrawn = first_retractions_sql(f"received_at <= {K}{who}")
     unmatched = None
     # The records a retraction received by K names: matched on their ids, or (for everyone,
-    # from the store's tables) by rowid, which spares reading two strings of every record.
+    # from the store's tables) by rowid, which spares reading two strings of every record; the
+    # totals then take them back instead of dropping them (``unmatched``), and only the
+    # listings, which read a few kinds, drop them.
     dropped = """LEFT JOIN withdrawn w ON w.sid = r.sid AND w.department = r.department
                                  AND w.record_id = r.record_id"""
     not_dropped = "\n              AND w.sid IS NULL"
@@ -298,16 +301,21 @@ def stages(
         # Withdrawn at K when its first retraction was received by K, as ``withdrawn`` finds.
         dropped = ""
         not_dropped = f"\n              AND (r.withdrawn_since IS NULL OR r.withdrawn_since > {K})"
-    out = [
-        Stage("withdrawn", withdrawn),
-        Stage(
-            "live",
-            f"""SELECT r.department, r.record_id, r.sid, r.kind, r.occurred_at, r.quantity,
+
+    def received(dropped: str = "", not_dropped: str = "") -> str:
+        """The records received by K and occurred by T that are no retraction."""
+        return f"""SELECT r.department, r.record_id, r.sid, r.kind, r.occurred_at, r.quantity,
                    r.reference, r.received_at
             FROM records r
             {dropped}
             WHERE r.received_at <= {K} AND r.occurred_at <= {T}
-              AND r.retracts IS NULL{who_r}{not_dropped}""",
+              AND r.retracts IS NULL{who_r}{not_dropped}"""
+
+    out = [
+        Stage("withdrawn", withdrawn),
+        Stage(
+            "live",
+            received(dropped, not_dropped),
             # For everyone, a view: its consumers' filters reach the scan of `records`. For a
             # few subjects, a small table: otherwise each consumer scans every record again
             # for them (four scans of 50 million records per refreshed submission).
@@ -319,14 +327,7 @@ def stages(
             else [
                 # Every record received by K and occurred by T, withdrawn or not: what
                 # ``matched`` reads when the withdrawn ones are taken back from the totals.
-                Stage(
-                    "received",
-                    f"""SELECT r.department, r.record_id, r.sid, r.kind, r.occurred_at,
-                   r.quantity, r.reference, r.received_at
-            FROM records r
-            WHERE r.received_at <= {K} AND r.occurred_at <= {T} AND r.retracts IS NULL""",
-                    view=True,
-                ),
+                Stage("received", received(), view=True),
                 Stage("unmatched", unmatched, view=True),
             ]
         ),
