@@ -280,7 +280,7 @@ def _totals(
             cur.execute(f"CREATE TEMP {kind} {stage.name} AS {stage.sql}")
         return {
             name: sorted(cur.execute(f"SELECT * FROM {name}").fetchall(), key=repr)
-            for name in ("groups", "points", "caps", "scores")
+            for name in ("caps", "points", "scores")
         }
     finally:
         cur.close()
@@ -308,7 +308,7 @@ def test_withdrawn_records_taken_back_from_the_totals_leave_what_dropping_them_d
 ) -> None:
     """With the store's tables, a full score counts every record and takes the withdrawn ones'
     points and counts back in the same aggregation, instead of probing every record against
-    them: the groups, sub-scores, caps and scores are those of dropping them first."""
+    them: the caps, sub-scores and scores are those of dropping them first."""
     store = DuckDBStore.memory()
     try:
         _store_scored(store, rows)

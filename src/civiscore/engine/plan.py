@@ -12,9 +12,8 @@ Stages (each a table built from the previous ones):
 ``decision_listings`` / ``conduct_listings``   listing instances active at T
 ``matched``    live records joined to the rule (and dated value) in force when they occurred
 ``points``     matched records still counting at T, with merit caps applied per calendar year;
-               for many subjects, only their totals per context (with ``groups``, the sums
-               per subject, rule and cap year, and ``caps``, the capped ones, kept by a
-               snapshot for daily updates)
+               for many subjects, only their totals per context (with ``caps``, the sums per
+               subject, capped rule and cap year, kept by a snapshot for daily updates)
 ``scores``     base + points per subject, the band, and the grave-sanction cap
 ``benefits``   redlists triggered by the (capped) band, suppressed by any grave sanction
 """
@@ -344,7 +343,7 @@ def stages(
             view=not one,
         ),
         *(
-            _totals(rb, unmatched)
+            _totals(rb, unmatched is not None)
             if not one
             else [
                 Stage(
@@ -444,8 +443,8 @@ def spent_after(plan: Sequence[Stage], keep: Collection[str]) -> dict[str, list[
     >>> from civiscore.rulebook.load import demo_rulebook_path, load
     >>> when = dt.datetime(2026, 10, 31)
     >>> plan = stages(load(demo_rulebook_path()), when, when, None)
-    >>> spent_after(plan, {"points", "caps", "scores", "benefits"})["caps"]
-    ['groups']
+    >>> spent_after(plan, {"caps", "scores", "benefits"})["scores"]
+    ['points']
     """
     views = {stage.name for stage in plan if stage.view}
     direct = {stage.name: set(tables_read(stage.sql)) for stage in plan}
@@ -508,7 +507,7 @@ def _after(at: dt.datetime, days: int, column: str) -> str:
     return f"\n              AND {column} > {sql_timestamp(bound)}"
 
 
-def _totals(rb: Rulebook, unmatched: str | None = None) -> list[Stage]:
+def _totals(rb: Rulebook, unmatched: bool) -> list[Stage]:
     """``points`` for many subjects: their points per context, without a row per record.
 
     One subject's explanation needs each record's points, with the yearly merit cap applied
@@ -520,57 +519,77 @@ def _totals(rb: Rulebook, unmatched: str | None = None) -> list[Stage]:
     explanation's lines (pinned by a property test). ``matched`` for many subjects already holds
     only the records still counting at T.
 
-    The first aggregation, ``groups``, is kept as a table: its capped rows and both stages'
-    record counts are what a snapshot stores so that a daily update can add and remove single
-    records instead of reading every record of the subjects it touches
-    (:mod:`civiscore.engine.tallies`).
+    Only capped rules need the first aggregation, ``caps`` (per subject, rule and cap year); an
+    uncapped rule's matches go straight into the sums per subject and context with the capped
+    groups' contributions. At Beijing's size that spares grouping 11.5 million matches and 6.6
+    million groups twice (docs/benchmarks.md, "Twentieth session"). Each aggregation reads
+    ``matched`` for the kinds its rules score, so that the scan of the other kinds' records is
+    skipped where the records are stored by department. ``caps`` is kept as a table: with the
+    records counted per context in ``points``, it is what a snapshot stores so that a daily
+    update can add and remove single records instead of reading every record of the subjects
+    it touches (:mod:`civiscore.engine.tallies`).
 
-    ``unmatched``, when given, is the matches of the withdrawn records among those ``matched``
-    holds: their points and counts are taken back in the same aggregation. Sums and counts are
-    exact, and the caps apply to the groups' totals after it, so the groups are those of the
-    records not withdrawn; a group whose every record was withdrawn is dropped.
+    ``unmatched`` says that the stage of that name holds the matches of the withdrawn records
+    among those ``matched`` holds: their points and counts are taken back in the same
+    aggregations. Sums and counts are exact, and the caps apply to the groups' totals after it,
+    so the groups are those of the records not withdrawn; a group or context whose every record
+    was withdrawn is dropped.
     """
-    cap_year = "CAST(CASE WHEN cap IS NOT NULL THEN year(occurred_at) END AS INTEGER)"
-    if unmatched is None:
-        groups = f"""SELECT sid, rule_no, {cap_year} AS cap_year,
+    capped, free = _scored_by(rb, capped=True), _scored_by(rb, capped=False)
+    cap_year = "CAST(year(occurred_at) AS INTEGER)"
+    if not unmatched:
+        caps = f"""SELECT sid, rule_no, {cap_year} AS cap_year,
                    CAST(sum(raw_points) AS {POINTS}) AS total,
                    CAST(count(*) AS INTEGER) AS records
             FROM matched
+            WHERE {capped}
             GROUP BY sid, rule_no, cap_year"""
+        uncapped = f"SELECT sid, rule_no, raw_points, 1 AS n FROM matched WHERE {free}"
     else:
-        groups = f"""SELECT sid, rule_no, cap_year,
+        caps = f"""SELECT sid, rule_no, cap_year,
                    CAST(sum(raw_points) AS {POINTS}) AS total,
                    CAST(sum(n) AS INTEGER) AS records
             FROM (SELECT sid, rule_no, {cap_year} AS cap_year, raw_points, 1 AS n
-                  FROM matched
+                  FROM matched WHERE {capped}
                   UNION ALL
                   SELECT sid, rule_no, {cap_year} AS cap_year, -raw_points, -1 AS n
-                  FROM unmatched) m
+                  FROM unmatched WHERE {capped}) m
             GROUP BY sid, rule_no, cap_year
             HAVING sum(n) > 0"""
+        uncapped = f"""SELECT sid, rule_no, raw_points, 1 AS n FROM matched WHERE {free}
+                  UNION ALL
+                  SELECT sid, rule_no, -raw_points, -1 AS n FROM unmatched WHERE {free}"""
     return [
-        # Narrow types: the table is 20 million rows at Beijing's size, held in memory.
-        Stage("groups", groups),
+        # Narrow types: the table is 13.5 million rows at Beijing's size, held in memory until
+        # the snapshot is written.
+        Stage("caps", caps),
         # A rule's context and cap from its number by CASE, not by a join with the rules: an
-        # engine that has ``groups`` partitioned by subject then sums per subject and context,
-        # and later per subject, without moving a row (Spark shuffled ``groups`` again for the
+        # engine that has the matches partitioned by subject then sums per subject and context,
+        # and later per subject, without moving a row (Spark shuffled the groups again for the
         # join; docs/benchmarks.md).
         Stage(
             "points",
             f"""SELECT sid, {rule_context_sql(rb, "rule_no")} AS context,
-                   sum({capped_total_sql(rb, "rule_no", "total")}) AS points,
-                   CAST(sum(records) AS BIGINT) AS records
-            FROM groups
-            GROUP BY sid, context""",
-        ),
-        # A table, so that ``groups`` (larger) can be dropped once it is built; kept by the
-        # rule's number, an integer, so that it holds less memory until the snapshot is written.
-        Stage(
-            "caps",
-            """SELECT sid, rule_no, cap_year, total, records FROM groups
-            WHERE cap_year IS NOT NULL""",
+                   sum(points) AS points, CAST(sum(n) AS BIGINT) AS records
+            FROM ({uncapped}
+                  UNION ALL
+                  SELECT sid, rule_no, {capped_total_sql(rb, "rule_no", "total")}, records
+                  FROM caps) u(sid, rule_no, points, n)
+            GROUP BY sid, context
+            HAVING sum(n) > 0""",
         ),
     ]
+
+
+def _scored_by(rb: Rulebook, *, capped: bool) -> str:
+    """A condition on a match: its rule is capped (or not), and its record of a kind such a rule
+    scores. The kinds are implied by the rule; named, they reach the scan of ``records``, which
+    then skips the row groups of other kinds (a department's file is stored together)."""
+    kinds = sorted({r.kind for r in rb.rules if (r.cap is not None) == capped})
+    if not kinds:
+        return "false"
+    names = ", ".join(_q(k) for k in kinds)
+    return f"cap IS {'NOT ' if capped else ''}NULL AND kind IN ({names})"
 
 
 def _decision_listings_sql(rb: Rulebook, T: str) -> str:

@@ -95,7 +95,7 @@ lake's own) are scored the same, by the join."""
 BY_SUBJECT = "matched"
 """The stage whose rows are moved once to the partition of their subject, for everyone.
 
-Every later stage but the listings groups or joins by subject (``groups``, ``points``, the
+Every later stage but the listings groups or joins by subject (``caps``, ``points``, the
 totals in ``scores``), and Spark then keeps the rows where they are instead of shuffling them
 again at each step: a grouping by (subject, rule, year) or (subject, context) is already
 clustered when each subject's rows are in one partition. Moving the matches costs one shuffle
@@ -598,7 +598,7 @@ def worth_caching(plan: list[Stage]) -> set[str]:
     >>> from civiscore.rulebook.load import demo_rulebook_path, load
     >>> when = dt.datetime(2026, 1, 1)
     >>> sorted(worth_caching(stages(load(demo_rulebook_path()), when, when, None)))
-    ['conduct_listings', 'decision_listings', 'groups', 'points', 'scores', 'withdrawn']
+    ['caps', 'conduct_listings', 'decision_listings', 'points', 'scores', 'withdrawn']
     """
     reads = {stage.name: _tables(stage.sql) for stage in plan}
     snapshot: Counter[str] = Counter()
