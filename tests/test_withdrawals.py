@@ -289,7 +289,8 @@ def _totals(
 @settings(max_examples=80, deadline=None)
 @given(rows=st.lists(_scored, min_size=1, max_size=10), known_at=st.integers(-1, 6))
 # Four donations in a year (20 points, capped at 15), two of them withdrawn (10), one of the
-# retractions received after K; and a subject whose every record is withdrawn.
+# retractions received after K; a subject whose every record is withdrawn, and one whose only
+# uncapped record still counting is (its context then has no row).
 @example(
     rows=[
         ("A", 1, "civic.blood_donation", 0, None, 0),
@@ -300,6 +301,8 @@ def _totals(
         ("Y", 1, "civic.blood_donation", 0, "B", 4),
         ("A", 2, "tax.late_filing", 400, None, 0),
         ("X", 2, "tax.late_filing", 0, "A", 1),
+        ("B", 3, "tax.late_filing", 800, None, 0),
+        ("Y", 3, "tax.late_filing", 0, "B", 2),
     ],
     known_at=2,
 )
