@@ -521,13 +521,13 @@ def _totals(rb: Rulebook, unmatched: bool) -> list[Stage]:
 
     Only capped rules need the first aggregation, ``caps`` (per subject, rule and cap year); an
     uncapped rule's matches go straight into the sums per subject and context with the capped
-    groups' contributions. At Beijing's size that spares grouping 11.5 million matches and 6.6
-    million groups twice (docs/benchmarks.md, "Twentieth session"). Each aggregation reads
-    ``matched`` for the kinds its rules score, so that the scan of the other kinds' records is
-    skipped where the records are stored by department. ``caps`` is kept as a table: with the
-    records counted per context in ``points``, it is what a snapshot stores so that a daily
-    update can add and remove single records instead of reading every record of the subjects
-    it touches (:mod:`civiscore.engine.tallies`).
+    groups' contributions. At Beijing's size that spares grouping 11.5 million matches into 7.3
+    million groups only to sum those again (docs/benchmarks.md, "Twentieth session"). Each
+    aggregation reads ``matched`` for the kinds its rules score, so that the scan of the other
+    kinds' records is skipped where the records are stored by department. ``caps`` is kept as a
+    table: with the records counted per context in ``points``, it is what a snapshot stores so
+    that a daily update can add and remove single records instead of reading every record of
+    the subjects it touches (:mod:`civiscore.engine.tallies`).
 
     ``unmatched`` says that the stage of that name holds the matches of the withdrawn records
     among those ``matched`` holds: their points and counts are taken back in the same
@@ -560,7 +560,7 @@ def _totals(rb: Rulebook, unmatched: bool) -> list[Stage]:
                   UNION ALL
                   SELECT sid, rule_no, -raw_points, -1 AS n FROM unmatched WHERE {free}"""
     return [
-        # Narrow types: the table is 13.5 million rows at Beijing's size, held in memory until
+        # Narrow types: the table is 12.8 million rows at Beijing's size, held in memory until
         # the snapshot is written.
         Stage("caps", caps),
         # A rule's context and cap from its number by CASE, not by a join with the rules: an
