@@ -70,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         "other": [s.strip() for s in (args.other_stages or args.stages).split(",") if s.strip()],
     }
     common = [s for s in names["this"] if s in names["other"]]
+    if not common:
+        # Otherwise the rows would be "the same" with nothing compared.
+        raise SystemExit(
+            "--stages and --other-stages: name at least one stage in both, to compare rows"
+        )
     ws = Workspace.open(args.home)
     try:
         con = ws.store.con
@@ -90,9 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         for name, plan in plans.items():
             missing = [s for s in names[name] if s not in {stage.name for stage in plan}]
             if missing:
+                option = "--stages" if name == "this" or not args.other_stages else "--other-stages"
                 raise SystemExit(
-                    f"--stages: {', '.join(missing)} not in {name} plan's stages "
-                    f"({', '.join(stage.name for stage in plan)}); name stages both plans have"
+                    f"{option}: {', '.join(missing)} not in {name} plan's stages "
+                    f"({', '.join(stage.name for stage in plan)}); name stages that plan has"
                 )
         last = {
             name: max(i for i, s in enumerate(plan) if s.name in names[name])
