@@ -603,8 +603,14 @@ def test_an_update_stores_only_the_subjects_it_rescored(ws: Any) -> None:
         update = ws.score_incremental(dt.datetime(2026, 3, 15), k, full_share=None)
     con = ws.store.con
     new = update.snapshot.snapshot_id
-    # One filing stopped counting: one subject's rows stored, the other two read from the base.
-    assert update.affected_subjects == 1 and _stored_rows(con, new) == 1
+    # One filing stopped counting: one subject rescored, the other two read from the base. Its
+    # only record no longer counts, so it scores the base again and has no row of its own: the
+    # delta names it, and a reader gives it the base's default row, not the base snapshot's.
+    assert update.affected_subjects == 1 and _stored_rows(con, new) == 0
+    assert con.execute(
+        f"SELECT count(*) FROM {snapshots.AFFECTED} WHERE snapshot_id = ?", [new]
+    ).fetchall() == [(1,)]
+    assert _stored_rows(con, full.snapshot_id) == 3
     assert con.execute(f"SELECT * FROM {snapshots.DELTAS}").fetchall() == [
         (new, full.snapshot_id, 1, 1)
     ]
@@ -659,8 +665,11 @@ def test_a_chain_of_deltas_is_consolidated_at_its_depth_limit(ws: Any) -> None:
             previous = update.snapshot
     # Two deltas, then the third update writes every subject's rows and starts a new chain.
     assert depths == [1, 2, 0]
-    assert _stored_rows(ws.store.con, previous.snapshot_id) == 3
-    assert_same_snapshot(ws.store.con, previous, ws.score(dt.datetime(2026, 5, 15), k))
+    again = ws.score(dt.datetime(2026, 5, 15), k)
+    assert_same_snapshot(ws.store.con, previous, again)
+    # Every filing has stopped counting: no subject's row differs from the base's default.
+    assert _stored_rows(ws.store.con, previous.snapshot_id) == 0
+    assert previous.subjects == again.subjects == 3
 
 
 def test_a_chain_that_rescored_too_many_subjects_is_consolidated(ws: Any) -> None:
@@ -674,7 +683,10 @@ def test_a_chain_that_rescored_too_many_subjects_is_consolidated(ws: Any) -> Non
     assert snapshots.chain(ws.store.con, update.snapshot.snapshot_id) == [
         update.snapshot.snapshot_id
     ]
-    assert _stored_rows(ws.store.con, update.snapshot.snapshot_id) == 3
+    # Every subject's row that differs from the base's default: the two whose filings still
+    # count (the third's stopped counting).
+    assert _stored_rows(ws.store.con, update.snapshot.snapshot_id) == 2
+    assert update.snapshot.subjects == 3
 
 
 def test_without_a_snapshot_everyone_is_scored_and_the_reason_given(ws: Any) -> None:

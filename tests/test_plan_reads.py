@@ -26,7 +26,9 @@ PLANS = {
         population="SELECT sid FROM subject_firsts",
         withdrawals=("withdrawals", "withdrawn_rows"),
     ),
-    "a set, carried": stages(RULEBOOK, WHEN, WHEN, None, carried="carried"),
+    "a set, its population given": stages(
+        RULEBOOK, WHEN, WHEN, None, population="SELECT sid FROM affected"
+    ),
     "one subject": stages(RULEBOOK, WHEN, WHEN, 7),
 }
 STATEMENTS = {

@@ -113,6 +113,9 @@ def test_score_is_base_plus_explanation_lines_and_matches_snapshot(
             sid = ws.sid_of(raw)
             if sid is not None and sid in snapshot_scores:
                 assert snapshot_scores[sid] == x.score
+            else:
+                # A snapshot leaves out the rows at the base's default (plan._scores_sql).
+                assert x.score == x.base and not x.band_capped_by_grave_sanction
             # A record either counts (a line) or is explained as not counting, never both.
             counted = {line.record_id for line in x.lines}
             assert counted.isdisjoint({nc.record_id for nc in x.not_counted})

@@ -247,6 +247,40 @@ def test_same_snapshot_as_duckdb(
     assert [str(r) for r in got] == [str(r) for r in want]
 
 
+def test_benefits_of_the_base_band_as_duckdb(
+    city: Workspace, spark: SparkSession, exported: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """With a band benefit for the base's band, the members without a score row (the plan's
+    ``population`` less its ``scores``) are granted it by both engines alike."""
+    from civiscore.engine.spark_engine import SNAPSHOT_SQL as FRESH
+    from civiscore.rulebook.load import demo_rulebook_path, load
+
+    text = demo_rulebook_path().read_text(encoding="utf-8")
+    variant = tmp_path / "green-for-a.yaml"
+    variant.write_text(text.replace("trigger: {band: [AAA, AA]}", "trigger: {band: [AAA, AA, A]}"))
+    rb = load(variant)
+    at, known = QUESTIONS["now, everything known"]
+    engine = SparkEngine(spark, *exported)
+    try:
+        frames = engine.score_frames(rb, at, known)
+        got = {name: _sorted([tuple(r) for r in frames[name].collect()]) for name in FRESH}
+    finally:
+        engine.release()
+    cur = city.engine.evaluate(rb, at, known)
+    try:
+        want = {name: _sorted(cur.execute(sql).fetchall()) for name, sql in FRESH.items()}
+        population = cur.execute("SELECT count(*) FROM population").fetchall()[0][0]
+    finally:
+        cur.close()
+    assert {n: [str(r) for r in rows] for n, rows in got.items()} == {
+        n: [str(r) for r in rows] for n, rows in want.items()
+    }
+    scored = {r[0] for r in want["scores"]}
+    green = {r[0] for r in want["listings"] if r[1] == "green_channel"}
+    # Most of the city has no score row (no counting record) and is granted by the default.
+    assert len(green - scored) > population // 10
+
+
 def test_withdrawn_records_are_dropped_by_a_filter_not_a_join(
     city: Workspace, spark: SparkSession, exported: tuple[Path, Path, Path]
 ) -> None:
@@ -352,8 +386,16 @@ def test_the_population_from_first_records_as_the_duckdb_engine_finds_it(
             assert ws.ingest("transport", path, received_at=arrival).accepted > 0
         at, known = dt.datetime(2025, 1, 1), dt.datetime(2025, 12, 31)
         snap = ws.score(at, known)
-        want = _sorted(ws.store.con.execute(SNAPSHOT_SQL["scores"], [snap.snapshot_id]).fetchall())
-        assert sorted(ws.sid_of(resident_id(s)) for s in (2, 3)) == sorted(r[0] for r in want)
+        # None of these records still counts at T, so the snapshot stores no score row (each
+        # member scores the base): the population is what its count and the plan's
+        # ``population`` stage say.
+        assert snap.subjects == 2
+        cur = ws.engine.evaluate(ws.rulebook_at(at), at, known)
+        try:
+            want = sorted(r[0] for r in cur.execute("SELECT sid FROM population").fetchall())
+        finally:
+            cur.close()
+        assert sorted(ws.sid_of(resident_id(s)) for s in (2, 3)) == want
         records, subjects, firsts = export_store(ws.store.con, tmp_path / "parquet")
         assert firsts is not None
         undecided = ws.store.con.execute(
@@ -365,11 +407,11 @@ def test_the_population_from_first_records_as_the_duckdb_engine_finds_it(
             SparkEngine(spark, records, subjects),
         ):
             try:
-                frames = engine.score_frames(ws.rulebook_at(at), at, known)
-                got = _sorted([tuple(r) for r in frames["scores"].collect()])
+                session = engine.evaluate(ws.rulebook_at(at), at, known)
+                got = sorted(r[0] for r in session.sql("SELECT sid FROM population").collect())
             finally:
                 engine.release()
-            assert [str(r) for r in got] == [str(r) for r in want]
+            assert got == want
     finally:
         ws.close()
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from civiscore.decisions.check import Decision, check
 from civiscore.engine.duckdb_engine import DuckDBEngine
 from civiscore.engine.incremental import FULL_SCORE_SHARE, Update, records_seen
+from civiscore.engine.plan import default_row
 from civiscore.home import create_key, load_key
 from civiscore.ids import pseudonym, subject_type
 from civiscore.ingest.run import IngestSummary, ingest_file
@@ -184,18 +186,25 @@ class Workspace:
                 [ids],
             )
             per_service[svc_name] = int(row[0]) if row else 0
-        mean = first_row(
-            con,
-            f"SELECT avg(score)::DOUBLE, count(*) FILTER (band_capped) FROM {scores} s",
+        stored = first_row(
+            con, f"SELECT count(*), sum(score), count(*) FILTER (band_capped) FROM {scores} s"
         )
+        assert stored is not None
+        # The population's other members have no row: the base score, in its band, uncapped.
+        others = snapshot.subjects - int(stored[0])
+        base, band = default_row(rb)
+        if others:
+            bands[band] = bands.get(band, 0) + others
+        total = (stored[1] or 0) + Decimal(str(base)) * others
+        mean = float(total / snapshot.subjects) if snapshot.subjects else None
         return {
             "snapshot_id": sid_,
             "as_of": iso_local(snapshot.at),
             "known_at": iso_local(snapshot.known_at),
             "rulebook_version": snapshot.rulebook_version,
             "subjects": snapshot.subjects,
-            "mean_score": round(float(mean[0]), 2) if mean and mean[0] is not None else None,
-            "band_capped_by_grave_sanction": int(mean[1]) if mean else 0,
+            "mean_score": round(mean, 2) if mean is not None else None,
+            "band_capped_by_grave_sanction": int(stored[2]),
             "bands": {b.band: int(bands.get(b.band, 0)) for b in rb.bands},
             "listings": {lst.id: int(listings.get(lst.id, 0)) for lst in rb.listings},
             "restricted_per_service": {

@@ -31,7 +31,7 @@ from civiscore.rulebook.model import Rulebook
 from civiscore.store import firsts, locator, snapshots, timeline, withdrawals
 from civiscore.store.base import Snapshot
 from civiscore.store.duckdb_store import DuckDBStore, first_row
-from civiscore.timeutil import now_local
+from civiscore.timeutil import now_local, sql_timestamp
 
 # A snapshot's rows, from the plan's stage tables: ``$id`` is the new snapshot's number.
 _FRESH: dict[str, str] = {
@@ -57,7 +57,6 @@ def build_stages(
     at: dt.datetime,
     known_at: dt.datetime,
     sid: int | Sequence[int] | None,
-    carried: str | None = None,
     population: str | None = None,
     retracted: tuple[str, str] | None = None,
     keep: Collection[str] | None = None,
@@ -67,7 +66,7 @@ def build_stages(
     ``keep`` given, stage tables that no later stage reads and ``keep`` does not name are
     dropped as soon as they are spent, which lowers a full score's peak memory.
     """
-    plan = stages(rb, at, known_at, sid, carried, population, retracted)
+    plan = stages(rb, at, known_at, sid, population, retracted)
     spent = spent_after(plan, keep) if keep is not None else {}
     for stage in plan:
         kind = "VIEW" if stage.view else "TABLE"
@@ -85,6 +84,23 @@ def _store_records(cur: duckdb.DuckDBPyConnection) -> str:
     row = first_row(cur, "SELECT current_database()")
     assert row is not None
     return f"{_quote(str(row[0]))}.main.records"
+
+
+def population_sql(cur: duckdb.DuckDBPyConnection, at: dt.datetime, known_at: dt.datetime) -> str:
+    """A SELECT of the store's population at (at, known_at): from each subject's first records,
+    or (a store without that table) the distinct subjects of every record."""
+    records = _store_records(cur)
+    found = firsts.population_sql(cur, records, at, known_at)
+    if found is not None:
+        return found
+    T, K = sql_timestamp(at), sql_timestamp(known_at)
+    return f"SELECT DISTINCT sid FROM {records} WHERE received_at <= {K} AND occurred_at <= {T}"
+
+
+def _count(cur: duckdb.DuckDBPyConnection, sql: str) -> int:
+    row = first_row(cur, f"SELECT count(*) FROM ({sql}) c")
+    assert row is not None
+    return int(row[0])
 
 
 def _quote(name: str) -> str:
@@ -116,9 +132,8 @@ class DuckDBEngine:
         cur = self.store.con.cursor()
         if sid is None:
             # Everyone: the population from each subject's first records, not every record.
-            records = _store_records(cur)
-            population = firsts.population_sql(cur, records, at, known_at)
-            retracted = withdrawals.plan_tables(cur, records)
+            population = population_sql(cur, at, known_at)
+            retracted = withdrawals.plan_tables(cur, _store_records(cur))
             build_stages(
                 cur, rb, at, known_at, None, population=population, retracted=retracted, keep=keep
             )
@@ -140,7 +155,11 @@ class DuckDBEngine:
         known_at: dt.datetime,
         created_at: dt.datetime | None = None,
     ) -> Snapshot:
-        """Materialise scores, bands and active listings for the whole population."""
+        """Materialise scores, bands and active listings for the whole population.
+
+        The snapshot's scores hold a row for each subject whose row differs from the base's
+        default (:func:`civiscore.engine.plan.default_row`); ``subjects`` counts them all.
+        """
         # A snapshot is what decisions are served from; a simulation-only rulebook never gets one.
         refuse_simulation_only(rb, "scoring into a snapshot")
         ensure_lineage(self.store.con)
@@ -152,7 +171,9 @@ class DuckDBEngine:
         seen = records_seen(self.store.con)  # before the plan reads the records
         cur = self.evaluate(rb, at, known_at, keep=_FRESH_READS)
         try:
-            return _new_snapshot(cur, rb, at, known_at, created_at, seen, _FRESH)
+            # Its scores hold only the rows that differ from the base's (plan._scores_sql).
+            subjects = _count(cur, "SELECT sid FROM population")
+            return _new_snapshot(cur, rb, at, known_at, created_at, seen, _FRESH, subjects)
         finally:
             cur.close()
 
@@ -191,7 +212,11 @@ class DuckDBEngine:
                 table: f"SELECT $id, {columns} FROM incoming_{table}"
                 for table, columns in SNAPSHOT_TABLES.items()
             }
-            return _new_snapshot(cur, rb, at, known_at, created_at, seen, inserts)
+            # The same plan's scores hold only the rows that differ from the base's; its
+            # population is this store's at (at, known_at), the subjects the records it read
+            # show (those stored since were received after K).
+            subjects = _count(cur, population_sql(cur, at, known_at))
+            return _new_snapshot(cur, rb, at, known_at, created_at, seen, inserts, subjects)
         finally:
             cur.close()
 
@@ -247,14 +272,34 @@ class DuckDBEngine:
                 reason = too_many(affected, base, full_share)
                 if reason is None:
                     created = created_at or now_local()
+                    population = population_sql(cur, at, known_at)
+                    theirs = (
+                        f"SELECT sid FROM ({population}) p WHERE sid IN (SELECT sid FROM affected)"
+                    )
                     if not_tallies is None:
                         assert base_seen is not None
-                        tallies.rescore(cur, rb, base, base_chain, base_seen, seen, at, known_at)
+                        tallies.rescore(
+                            cur, rb, base, base_chain, base_seen, seen, at, known_at, theirs
+                        )
                         clock.lap("tallies")
                     else:
-                        _rescore(cur, rb, base, base_chain, at, known_at, affected, clock)
+                        _rescore(cur, rb, base, base_chain, at, known_at, affected, theirs, clock)
+                    # Scores list only the rows that differ from the base's (plan._scores_sql),
+                    # so the population is counted, not carried forward from the base's rows.
+                    subjects = _count(cur, population)
+                    clock.lap("count subjects")
                     snapshot = _write_update(
-                        cur, rb, base, base_chain, at, known_at, created, affected, seen, clock
+                        cur,
+                        rb,
+                        base,
+                        base_chain,
+                        at,
+                        known_at,
+                        created,
+                        subjects,
+                        affected,
+                        seen,
+                        clock,
                     )
                     how = "tallies" if not_tallies is None else "records"
                     return Update(snapshot, base.snapshot_id, affected, None, how, not_tallies)
@@ -289,11 +334,12 @@ def _rescore(
     at: dt.datetime,
     known_at: dt.datetime,
     affected: int,
+    population: str,
     clock: _Stopwatch,
 ) -> None:
     """Run the plan for the ``affected`` subjects (in the table of that name) over all of their
-    records that can still matter: the stages the new snapshot is written from, and
-    ``carried``."""
+    records that can still matter: the stages the new snapshot is written from. ``population``
+    is a SELECT of theirs at (at, known_at), which those records alone may not show."""
     # The plan reads the table ``records``; on this cursor a temporary table of that name (the
     # temporary schema is searched first) holds only the affected subjects' records, found
     # through the locator. The population plan over it is the plan for that set of subjects
@@ -318,13 +364,7 @@ def _rescore(
         )
     cur.execute(f"CREATE TEMP TABLE records AS {their}")
     clock.lap("their records")
-    members = ", ".join(str(m) for m in base_chain)
-    cur.execute(
-        "CREATE TEMP TABLE carried AS SELECT DISTINCT sid FROM snapshot_scores "
-        f"WHERE snapshot_id IN ({members}) AND sid IN (SELECT sid FROM affected)"
-    )
-    clock.lap("carried population")
-    build_stages(cur, rb, at, known_at, None, carried="carried")
+    build_stages(cur, rb, at, known_at, None, population=population)
     clock.lap("plan stages")
 
 
@@ -336,11 +376,13 @@ def _write_update(
     at: dt.datetime,
     known_at: dt.datetime,
     created: dt.datetime,
+    subjects: int,
     affected: int,
     seen: int,
     clock: _Stopwatch,
 ) -> Snapshot:
-    """Write the new snapshot from the stages on ``cur`` for the subjects in ``affected``.
+    """Write the new snapshot of ``subjects`` from the stages on ``cur`` for the subjects in
+    ``affected``.
 
     ``seen`` is how many rows ``records`` had before anything was read, for the lineage.
     """
@@ -358,27 +400,16 @@ def _write_update(
             # nothing of anyone else (the property tests would see their rows twice).
             cur.execute(f"INSERT INTO {table} {sql}", {"id": snapshot_id})
             clock.lap("write fresh rows")
-        if link is None:
-            count = None
-        else:
+        if link is not None:
             snapshots.record_delta(cur, snapshot_id, link, "affected")
-            # Subjects never leave the population: the base's, plus the new ones. ``scores``
-            # holds the affected subjects' population, which includes ``carried``, those of
-            # them already in the base's.
-            row = first_row(
-                cur, "SELECT (SELECT count(*) FROM scores) - (SELECT count(*) FROM carried)"
-            )
-            assert row is not None
-            count = base.subjects + int(row[0])
-        clock.lap("count subjects")
-        count = _write_snapshot(cur, snapshot_id, rb, at, known_at, created, count)
+        _write_snapshot(cur, snapshot_id, rb, at, known_at, created, subjects)
         record_lineage(cur, snapshot_id, base.snapshot_id, affected, seen)
         cur.execute("COMMIT")
         clock.lap("commit")
     except BaseException:
         cur.execute("ROLLBACK")
         raise
-    return Snapshot(snapshot_id, rb.version, at, known_at, created, count)
+    return Snapshot(snapshot_id, rb.version, at, known_at, created, subjects)
 
 
 class _Stopwatch:
@@ -403,21 +434,23 @@ def _new_snapshot(
     created_at: dt.datetime | None,
     seen: int,
     inserts: Mapping[str, str],
+    subjects: int,
 ) -> Snapshot:
-    """Number a new snapshot and fill it in one transaction: each table from its SELECT."""
+    """Number a new snapshot of ``subjects`` and fill it in one transaction: each table from its
+    SELECT."""
     created = created_at or now_local()
     cur.execute("BEGIN TRANSACTION")
     try:
         snapshot_id = _next_snapshot_id(cur)
         for table, sql in inserts.items():
             cur.execute(f"INSERT INTO {table} {sql}", {"id": snapshot_id})
-        count = _write_snapshot(cur, snapshot_id, rb, at, known_at, created)
+        _write_snapshot(cur, snapshot_id, rb, at, known_at, created, subjects)
         record_lineage(cur, snapshot_id, None, None, seen)
         cur.execute("COMMIT")
     except BaseException:
         cur.execute("ROLLBACK")
         raise
-    return Snapshot(snapshot_id, rb.version, at, known_at, created, count)
+    return Snapshot(snapshot_id, rb.version, at, known_at, created, subjects)
 
 
 def _next_snapshot_id(cur: duckdb.DuckDBPyConnection) -> int:
@@ -433,20 +466,11 @@ def _write_snapshot(
     at: dt.datetime,
     known_at: dt.datetime,
     created: dt.datetime,
-    subjects: int | None = None,
-) -> int:
-    """Write the snapshot's own row once its subjects' rows are in; returns the subject count.
-
-    ``subjects`` None: count the snapshot's scores (a snapshot stored in full).
-    """
-    if subjects is None:
-        row = first_row(
-            cur, "SELECT count(*) FROM snapshot_scores WHERE snapshot_id = ?", [snapshot_id]
-        )
-        assert row is not None
-        subjects = int(row[0])
+    subjects: int,
+) -> None:
+    """Write the snapshot's own row once its subjects' rows are in: ``subjects`` is its
+    population, which its scores do not list in full (plan._scores_sql)."""
     cur.execute(
         "INSERT INTO snapshots VALUES (?, ?, ?, ?, ?, ?)",
         [snapshot_id, rb.version, at, known_at, created, subjects],
     )
-    return subjects

@@ -219,18 +219,15 @@ def stages(
     at: dt.datetime,
     known_at: dt.datetime,
     sid: int | Sequence[int] | None,
-    carried: str | None = None,
     population: str | None = None,
     withdrawals: tuple[str, str] | None = None,
     withdrawn_since: bool = False,
 ) -> list[Stage]:
     """The plan for one question (T, K; all subjects, one, or a set) as ordered stages.
 
-    ``carried`` names a relation of subjects known to be in the population whether or not
-    ``records`` shows it: an update reads only the records that can still matter, and carries
-    its base's population forward (:func:`civiscore.engine.incremental.still_matters_sql`).
     ``population``, for everyone, is a SELECT of the subjects in the population at (T, K) that
-    replaces the pass over every record (:func:`civiscore.store.firsts.population_sql`).
+    replaces the pass over every record (:func:`civiscore.store.firsts.population_sql`); an
+    update names its affected subjects' this way, since it reads only some of their records.
     ``withdrawals``, for everyone, names the store's tables of retracted keys and the rows they
     name (:func:`civiscore.store.withdrawals.plan_tables`), read instead of grouping every
     retraction and matching every record's id against them, and the withdrawn records' points
@@ -242,7 +239,6 @@ def stages(
     assert population is None or sid is None, "a population is for everyone"
     assert withdrawals is None or sid is None, "the withdrawals tables are for everyone"
     assert withdrawals is None or not withdrawn_since, "one way to drop withdrawn records"
-    also = f"\n                  UNION SELECT sid FROM {carried}" if carried else ""
     T, K = sql_timestamp(at), sql_timestamp(known_at)
     if sid is None:
         who = ""
@@ -253,7 +249,7 @@ def stages(
     who_r = who.replace(" sid ", " r.sid ")
     everyone = (
         "SELECT DISTINCT sid FROM records\n"
-        f"                  WHERE received_at <= {K} AND occurred_at <= {T}{who}{also}"
+        f"                  WHERE received_at <= {K} AND occurred_at <= {T}{who}"
     )
     # Expired matches only matter to one subject's explanation ("stopped counting on …"); for
     # the population or a set of subjects they are dropped at once rather than stored.
@@ -364,20 +360,47 @@ def stages(
                 )
             ]
         ),
-        Stage(
-            "scores",
-            f"""WITH population AS (
-                  {population or everyone}
-                ), totals AS (
+        *(
+            # For everyone, a view: only a snapshot's count of its subjects, and band benefits
+            # when the base's band has one, read it.
+            [Stage("population", population or everyone, view=True)] if sid is None else []
+        ),
+        Stage("scores", _scores_sql(rb, None if sid is None else everyone)),
+        Stage("benefits", _benefits_sql(rb, everyone=sid is None)),
+    ]
+    return out
+
+
+def _scores_sql(rb: Rulebook, population: str | None) -> str:
+    """Each subject's score, band, and whether a grave sanction caps it.
+
+    ``population`` None (everyone): only the subjects with a counting record or a grave
+    sanction. Every other member of the population scores the base, in the base's band,
+    uncapped; a snapshot stores the rows that differ from that and counts its population
+    apart (:func:`default_row`). At Beijing's size this spares joining 18.3 million members
+    with 11.4 million totals and storing 6.9 million rows that say "base"
+    (docs/benchmarks.md, "Twenty-first session"). Both sets are within the population: their
+    records were received by K and occurred by T.
+
+    Otherwise (one subject or a set) the SELECT of the population, each of whom gets a row.
+    """
+    if population is None:
+        subjects = "totals t FULL JOIN grave g USING (sid)"
+        who = "sid"
+    else:
+        subjects = f"""({population}) p LEFT JOIN totals t USING (sid)
+                  LEFT JOIN grave g USING (sid)"""
+        who = "p.sid"
+    return f"""WITH totals AS (
                   SELECT sid, sum(points) AS total FROM points GROUP BY sid
                 ), grave AS (
                   SELECT DISTINCT sid FROM decision_listings WHERE grave
                   UNION SELECT DISTINCT sid FROM conduct_listings WHERE grave
                 ), raw AS (
-                  SELECT p.sid,
+                  SELECT {who} AS sid,
                          CAST({rb.base!r} AS {POINTS}) + coalesce(t.total, 0) AS score,
                          g.sid IS NOT NULL AS grave_active
-                  FROM population p LEFT JOIN totals t USING (sid) LEFT JOIN grave g USING (sid)
+                  FROM {subjects}
                 )
                 SELECT sid, CAST(score AS {POINTS}) AS score, grave_active,
                        {band_sql(rb, "score")} AS raw_band,
@@ -385,11 +408,26 @@ def stages(
                                  < {band_rank_sql(rb, _q(rb.grave_sanction_band_cap))}
                             THEN {_q(rb.grave_sanction_band_cap)}
                             ELSE {band_sql(rb, "score")} END AS band
-                FROM raw""",
-        ),
-        Stage("benefits", _benefits_sql(rb)),
-    ]
-    return out
+                FROM raw"""
+
+
+def default_row(rb: Rulebook) -> tuple[float, str]:
+    """The score and band of a member of the population with no row in a snapshot's scores:
+    no counting record and no grave sanction.
+
+    >>> from civiscore.rulebook.load import demo_rulebook_path, load
+    >>> default_row(load(demo_rulebook_path()))
+    (1000.0, 'A')
+    """
+    return float(rb.base), base_band(rb)
+
+
+def base_band(rb: Rulebook) -> str:
+    """The band of the base score."""
+    for b in rb.bands:
+        if b.min is not None and rb.base >= b.min:
+            return b.band
+    return rb.bands[-1].band
 
 
 def matched_sql(
@@ -688,24 +726,34 @@ def _one_conduct(listing: Listing, kind: str, count: int, within: Duration, at: 
         GROUP BY sid"""
 
 
-def _benefits_sql(rb: Rulebook) -> str:
+def _benefits_sql(rb: Rulebook, everyone: bool) -> str:
+    """Band-triggered benefits, and the redlists of decisions and conduct, for subjects under
+    no grave sanction. ``everyone``: ``scores`` holds only the subjects whose row differs from
+    the base's (see :func:`_scores_sql`); the other members of ``population`` are in the base's
+    band, and get its benefits here."""
     parts = []
     for listing in rb.listings:
         if listing.trigger.band is None:
             continue
         bands = ", ".join(_q(b) for b in listing.trigger.band)
-        parts.append(
-            f"""SELECT {_q(listing.id)} AS listing, {_q(listing.list)} AS list, false AS grave,
-                   sid, NULL::TIMESTAMP AS since, NULL::TIMESTAMP AS until,
+        columns = f"""SELECT {_q(listing.id)} AS listing, {_q(listing.list)} AS list,
+                   false AS grave, sid, NULL::TIMESTAMP AS since, NULL::TIMESTAMP AS until,
                    NULL::TIMESTAMP AS ended_at, NULL::VARCHAR AS record_id,
-                   NULL::VARCHAR AS department, NULL::VARCHAR AS reference
-            FROM scores WHERE band IN ({bands}) AND NOT grave_active"""
+                   NULL::VARCHAR AS department, NULL::VARCHAR AS reference"""
+        parts.append(
+            f"{columns}\n            FROM scores WHERE band IN ({bands}) AND NOT grave_active"
         )
+        if everyone and base_band(rb) in listing.trigger.band:
+            parts.append(
+                f"""{columns}
+            FROM (SELECT p.sid FROM population p LEFT JOIN scores s ON s.sid = p.sid
+                  WHERE s.sid IS NULL) d"""
+            )
     # Decision- and conduct-triggered redlists also grant benefits, but never while a grave
-    # sanction runs.
+    # sanction runs. (A listed subject without a row in a snapshot's scores has none.)
     for stage in ("decision_listings", "conduct_listings"):
         parts.append(
-            f"""SELECT d.* FROM {stage} d JOIN scores s USING (sid)
-            WHERE d.list = 'redlist' AND NOT s.grave_active"""
+            f"""SELECT d.* FROM {stage} d LEFT JOIN scores s ON s.sid = d.sid
+            WHERE d.list = 'redlist' AND NOT coalesce(s.grave_active, false)"""
         )
     return "\nUNION ALL\n".join(parts)

@@ -530,7 +530,9 @@ class SparkEngine:
             :data:`SNAPSHOT_SCHEMAS`: the rows :meth:`DuckDBEngine.score` writes to
             ``snapshot_scores``, ``snapshot_contexts``, ``snapshot_listings`` and
             ``snapshot_caps``, without the snapshot number. Write them with
-            :func:`write_snapshot`, then :meth:`release`.
+            :func:`write_snapshot`, then :meth:`release`. The scores hold only the subjects
+            whose row differs from the base's default (:func:`civiscore.engine.plan.default_row`);
+            the plan's ``population`` counts every member.
         """
         session = self.evaluate(rb, at, known_at, timings=timings)
         frames = {}

@@ -176,27 +176,20 @@ def rescore(
     seen: int,
     at: dt.datetime,
     known_at: dt.datetime,
+    population: str,
 ) -> None:
     """Create the plan's stages the snapshot is written from (``scores``, ``points``,
-    ``caps``, ``decision_listings``, ``conduct_listings``, ``benefits``, and ``carried``) for
-    the subjects in ``affected``, from ``changed`` and the base snapshot."""
+    ``caps``, ``decision_listings``, ``conduct_listings`` and ``benefits``) for the subjects in
+    ``affected``, from ``changed`` and the base snapshot. ``population`` is a SELECT of those
+    subjects' population at (at, known_at)."""
     T1, T2 = sql_timestamp(base.at), sql_timestamp(at)
     K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
     mine = "sid IN (SELECT sid FROM affected)"
     _points(cur, rb, chain, base_seen, T1, T2, K1, K2, mine)
-    members = ", ".join(str(int(m)) for m in chain)
-    # A snapshot has one row per subject; members of a chain can repeat one.
-    distinct = "DISTINCT " if len(chain) > 1 else ""
-    cur.execute(
-        f"CREATE TEMP TABLE carried AS SELECT {distinct}sid FROM snapshot_scores "
-        f"WHERE snapshot_id IN ({members}) AND {mine}"
-    )
     _listings(cur, rb, chain, seen, at, known_at, mine)
-    population = (
-        "SELECT sid FROM carried UNION SELECT sid FROM changed "
-        f"WHERE received_at <= {K2} AND occurred_at <= {T2}"
-    )
     plan = {s.name: s for s in stages(rb, at, known_at, None, population=population)}
+    # The population, a view, is read only when the base's band has a benefit.
+    cur.execute(f"CREATE TEMP VIEW population AS {plan['population'].sql}")
     for name in ("scores", "benefits"):
         cur.execute(f"CREATE TEMP TABLE {name} AS {plan[name].sql}")
 
