@@ -3,7 +3,8 @@
 ``incremental_bench.py`` leaves ``<workdir>/incremental-home-N-Y-S``: the base snapshot at the
 synthetic window's last moment (T1, K1) and a day of records received after it. This brings the
 base forward to (T1 + 1 day, K1 + 1 day) with ``DuckDBEngine.update``, as the benchmark's
-scenario (ii) does, and times each statement the engine sends to DuckDB (the store's
+scenario (ii) does (``--day-passing``: a microsecond before the day's records arrive, which is
+scenario (i)), and times each statement the engine sends to DuckDB (the store's
 connection is wrapped, so the engine's own code runs unchanged). Each round commits an update
 snapshot, as the benchmark does; the base stays the same:
 
@@ -79,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("--top", type=int, default=0, help="only the N slowest statements")
     p.add_argument(
+        "--day-passing",
+        action="store_true",
+        help="scenario (i), a day passing: known at a microsecond before the day's records "
+        "were received, so that the update sees none of them",
+    )
+    p.add_argument(
         "--analyze",
         action="append",
         default=[],
@@ -101,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"{args.home}: no snapshot {args.base}")
         base = Snapshot(*row[0])
         at, known_at = base.at + dt.timedelta(days=1), base.known_at + dt.timedelta(days=1)
+        if args.day_passing:
+            # incremental_bench.py adds the day's records received at exactly this K.
+            known_at -= dt.timedelta(microseconds=1)
         rb = ws.rulebook_at(at)
         for r in range(args.rounds):
             log: list[tuple[str, float]] = []
