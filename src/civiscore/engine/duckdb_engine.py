@@ -355,8 +355,8 @@ def _rescore(
         their = located
     else:
         # Only the records that can still matter, so fewer are copied and go through the plan.
-        # The base's population is carried, so records kept for nothing but membership are not
-        # needed.
+        # Membership of the population comes from each subject's first records (``population``),
+        # so records kept for nothing but membership are not needed.
         base_seen = lineage_records_seen(cur, base.snapshot_id)
         their = (
             f"SELECT * FROM {store_records} WHERE sid IN (SELECT sid FROM affected) "
