@@ -52,6 +52,7 @@ with contextlib.suppress(ImportError):
 
     from civiscore.engine.dialect import UnportableSQL, to_spark
     from civiscore.engine.spark_engine import (
+        POPULATION,
         SNAPSHOT_SCHEMAS,
         WITHDRAWN_SINCE,
         SparkEngine,
@@ -207,6 +208,11 @@ def answers(
         snap = city.score(at, known)
         frames = engine.score_frames(city.rulebook_at(at), at, known)
         try:
+            # The scores leave out the members at the base's default: both engines count the
+            # population alike.
+            population = frames.pop(POPULATION)
+            assert population.collect() == [(snap.subjects,)], question
+            assert population.schema.simpleString() == "struct<subjects:bigint>"
             want = {
                 name: _sorted(city.store.con.execute(sql, [snap.snapshot_id]).fetchall())
                 for name, sql in SNAPSHOT_SQL.items()
@@ -593,6 +599,12 @@ def _assert_same_snapshots(home: Path, duck_id: int, spark_id: int) -> None:
                 f"UNION ALL ({spark_} EXCEPT ALL {duck})))"
             ).fetchall()[0]
             assert counts[0] == counts[1] > 0 and counts[2] == 0, (table, counts)
+        # The same population, counted by each engine (the scores leave some of it out).
+        subjects = con.execute(
+            "SELECT snapshot_id, subjects FROM snapshots "
+            f"WHERE snapshot_id IN ({duck_id}, {spark_id})"
+        ).fetchall()
+        assert len({n for _, n in subjects}) == 1 and len(subjects) == 2, subjects
         lineage = con.execute(
             f"SELECT records_seen FROM snapshot_lineage WHERE snapshot_id = {spark_id}"
         ).fetchall()

@@ -140,8 +140,10 @@ class Workspace:
             self.store.con, parquet_dir or self.home / "parquet"
         )
         with spark_session(master) as spark:
-            rows = SparkEngine(spark, records, subjects, firsts).score_arrow(rb, at, known_at)
-        return self.engine.store_snapshot(rb, at, known_at, rows, seen)
+            rows, population = SparkEngine(spark, records, subjects, firsts).score_arrow(
+                rb, at, known_at
+            )
+        return self.engine.store_snapshot(rb, at, known_at, rows, seen, subjects=population)
 
     def score_incremental(
         self, at: dt.datetime, known_at: dt.datetime, *, full_share: float | None = FULL_SCORE_SHARE

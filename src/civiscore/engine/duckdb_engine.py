@@ -185,6 +185,7 @@ class DuckDBEngine:
         rows: Mapping[str, pa.Table],
         seen: int,
         created_at: dt.datetime | None = None,
+        subjects: int | None = None,
     ) -> Snapshot:
         """Write a population snapshot computed elsewhere (by the Spark engine) into the store.
 
@@ -200,6 +201,9 @@ class DuckDBEngine:
                 (:func:`civiscore.engine.incremental.records_seen`): an incremental score
                 can then bring this snapshot forward like one of this engine's.
             created_at: When it was made (default: now).
+            subjects: Its population's count, as the engine that computed it found it (its
+                scores leave out the members at the base's default); None: this store's
+                population at (at, known_at).
         """
         if set(rows) != set(SNAPSHOT_TABLES):
             raise ValueError(f"a snapshot has {sorted(SNAPSHOT_TABLES)}, not {sorted(rows)}")
@@ -212,10 +216,9 @@ class DuckDBEngine:
                 table: f"SELECT $id, {columns} FROM incoming_{table}"
                 for table, columns in SNAPSHOT_TABLES.items()
             }
-            # The same plan's scores hold only the rows that differ from the base's; its
-            # population is this store's at (at, known_at), the subjects the records it read
-            # show (those stored since were received after K).
-            subjects = _count(cur, population_sql(cur, at, known_at))
+            if subjects is None:
+                # The same plan's scores hold only the rows that differ from the base's.
+                subjects = _count(cur, population_sql(cur, at, known_at))
             return _new_snapshot(cur, rb, at, known_at, created_at, seen, inserts, subjects)
         finally:
             cur.close()

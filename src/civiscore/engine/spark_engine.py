@@ -57,6 +57,8 @@ from civiscore.store import firsts, withdrawals
 __all__ = [
     "BY_SUBJECT",
     "FIRSTS_SCHEMA",
+    "POPULATION",
+    "POPULATION_SCHEMA",
     "RECORDS_SCHEMA",
     "SNAPSHOT_SCHEMAS",
     "SNAPSHOT_SQL",
@@ -178,6 +180,10 @@ SNAPSHOT_SQL: dict[str, str] = {
 }
 """DuckDB SQL for each snapshot table, from the DuckDB engine, keyed as in SNAPSHOT_SCHEMAS."""
 assert set(SNAPSHOT_SQL) == set(SNAPSHOT_SCHEMAS)
+
+POPULATION = "population"
+"""The key of :meth:`SparkEngine.score_frames`' one-row frame counting the population."""
+POPULATION_SCHEMA: dict[str, DataType] = {"subjects": LongType()}
 
 
 class SparkInputError(ValueError):
@@ -379,7 +385,8 @@ def _withdrawn_rows(con: duckdb.DuckDBPyConnection, total: int) -> None:
 
 
 def write_snapshot(frames: dict[str, DataFrame], out_dir: str | Path) -> dict[str, Path]:
-    """Write :meth:`SparkEngine.score_frames` as Parquet: ``<out_dir>/snapshot_<name>.parquet``.
+    """Write :meth:`SparkEngine.score_frames` as Parquet: ``<out_dir>/snapshot_<name>.parquet``
+    (``snapshot_population.parquet``: the one row counting the population).
 
     Each is a directory of part files, as Spark writes them; existing output is replaced.
 
@@ -529,10 +536,11 @@ class SparkEngine:
             ``scores``, ``contexts``, ``listings`` and ``caps``, with the columns and types of
             :data:`SNAPSHOT_SCHEMAS`: the rows :meth:`DuckDBEngine.score` writes to
             ``snapshot_scores``, ``snapshot_contexts``, ``snapshot_listings`` and
-            ``snapshot_caps``, without the snapshot number. Write them with
-            :func:`write_snapshot`, then :meth:`release`. The scores hold only the subjects
-            whose row differs from the base's default (:func:`civiscore.engine.plan.default_row`);
-            the plan's ``population`` counts every member.
+            ``snapshot_caps``, without the snapshot number; and :data:`POPULATION`, one row
+            (:data:`POPULATION_SCHEMA`) counting the members of the population, since the
+            scores hold only the subjects whose row differs from the base's default
+            (:func:`civiscore.engine.plan.default_row`). Write them with
+            :func:`write_snapshot`, then :meth:`release`.
         """
         session = self.evaluate(rb, at, known_at, timings=timings)
         frames = {}
@@ -541,22 +549,28 @@ class SparkEngine:
             frame = session.sql(to_spark(sql)).toDF(*schema)
             # Typed as the store's columns, as DuckDB's INSERT … SELECT makes them.
             frames[name] = frame.select(*(frame[c].cast(t).alias(c) for c, t in schema.items()))
+        frames[POPULATION] = session.sql(
+            f"SELECT CAST(count(*) AS BIGINT) AS subjects FROM {POPULATION}"
+        )
         return frames
 
     def score_arrow(
         self, rb: Rulebook, at: dt.datetime, known_at: dt.datetime
-    ) -> dict[str, pa.Table]:
+    ) -> tuple[dict[str, pa.Table], int]:
         """The population snapshot for (T, K), collected to this process as Arrow tables.
 
         Returns:
             ``snapshot_scores``, ``snapshot_contexts``, ``snapshot_listings`` and
-            ``snapshot_caps`` rows, ready for :meth:`DuckDBEngine.store_snapshot`. Only for a
-            population whose snapshot fits in the driver's memory (a city); a country's goes
-            to Parquet with :func:`write_snapshot`.
+            ``snapshot_caps`` rows, and the population's count, ready for
+            :meth:`DuckDBEngine.store_snapshot`. Only for a population whose snapshot fits in
+            the driver's memory (a city); a country's goes to Parquet with
+            :func:`write_snapshot`.
         """
         try:
             frames = self.score_frames(rb, at, known_at)
-            return {f"snapshot_{name}": frame.toArrow() for name, frame in frames.items()}
+            subjects = int(frames.pop(POPULATION).collect()[0][0])
+            rows = {f"snapshot_{name}": frame.toArrow() for name, frame in frames.items()}
+            return rows, subjects
         finally:
             self.release()
 
