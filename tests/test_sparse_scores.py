@@ -159,3 +159,43 @@ def test_band_benefits_of_the_base_band_reach_the_members_without_a_row(
         }
     finally:
         ws.close()
+
+
+def test_a_snapshot_stored_in_full_by_an_earlier_version_reads_the_same(ws: Workspace) -> None:
+    """Stores scored before this change hold a row for every member. Brought forward, such a
+    base gives what a full score gives, read as readers read it (default rows and missing rows
+    alike), and so do its statistics."""
+    _city(ws)
+    base = ws.score(AT, RECEIVED)
+    rb = ws.rulebook_at(AT)
+    before = ws.stats(base)
+    cur = ws.engine.evaluate(rb, AT, RECEIVED)
+    try:
+        members = {r[0] for r in cur.execute("SELECT sid FROM population").fetchall()}
+    finally:
+        cur.close()
+    missing = members - set(_stored(ws, base, "snapshot_scores", "score"))
+    assert missing == {ws.sid_of(resident_id(3))}
+    score, band = default_row(rb)
+    for sid in missing:  # as the earlier version stored it
+        ws.store.con.execute(
+            "INSERT INTO snapshot_scores VALUES (?, ?, ?, ?, false)",
+            [base.snapshot_id, sid, Decimal(str(score)), band],
+        )
+    assert ws.stats(base) == before
+    later = dt.datetime(2026, 12, 2)
+    with patch.object(snapshots, "CONSOLIDATE_SHARE", 1.0):
+        update = ws.score_incremental(later, LATER_K, full_share=None)
+    full = ws.score(later, LATER_K)
+    assert update.base_snapshot_id == base.snapshot_id and update.method == "tallies"
+    default = (Decimal(str(score)), band, False)
+
+    def read(snap: Snapshot) -> dict[int, Any]:
+        rows = _stored(ws, snap, "snapshot_scores", "score, band, band_capped")
+        return {sid: row for sid, row in rows.items() if tuple(row) != default}
+
+    assert read(update.snapshot) == read(full)
+    # Resident 3 kept its base row (not rescored), resident 1 lost its own (back to the base).
+    assert ws.sid_of(resident_id(3)) in _stored(ws, update.snapshot, "snapshot_scores", "score")
+    assert ws.sid_of(resident_id(1)) not in _stored(ws, update.snapshot, "snapshot_scores", "score")
+    assert {**ws.stats(update.snapshot), "snapshot_id": 0} == {**ws.stats(full), "snapshot_id": 0}
