@@ -187,9 +187,9 @@ def rescore(
     mine = "sid IN (SELECT sid FROM affected)"
     _points(cur, rb, chain, base_seen, T1, T2, K1, K2, mine)
     _listings(cur, rb, chain, seen, at, known_at, mine)
+    # The plan's population stage, a view: read only when the base's band has a benefit.
+    cur.execute(f"CREATE TEMP VIEW population AS {population}")
     plan = {s.name: s for s in stages(rb, at, known_at, None, population=population)}
-    # The population, a view, is read only when the base's band has a benefit.
-    cur.execute(f"CREATE TEMP VIEW population AS {plan['population'].sql}")
     for name in ("scores", "benefits"):
         cur.execute(f"CREATE TEMP TABLE {name} AS {plan[name].sql}")
 
