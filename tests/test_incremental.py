@@ -620,6 +620,41 @@ def test_an_update_stores_only_the_subjects_it_rescored(ws: Any) -> None:
     assert {**ws.stats(update.snapshot), "snapshot_id": 0} == {**ws.stats(again), "snapshot_id": 0}
 
 
+def test_a_day_passing_takes_the_population_from_the_base_and_a_new_record_counts_it(
+    ws: Any,
+) -> None:
+    """Nobody joins the population without a record received or dated since the base, so a day
+    passing does not count it (a pass over every subject's first records); a day that brings a
+    new subject does, and both equal a full score."""
+    _three_taxpayers(ws)
+    k = dt.datetime(2026, 6, 1)
+    base = ws.score(dt.datetime(2026, 2, 15), k)
+    not_counted = AssertionError("the population was counted")
+    with patch.object(duckdb_engine, "_count", side_effect=not_counted):
+        passing = ws.score_incremental(dt.datetime(2026, 3, 15), k, full_share=None)
+    assert (passing.method, passing.base_snapshot_id) == ("tallies", base.snapshot_id)
+    assert passing.snapshot.subjects == 3
+    assert_same_snapshot(ws.store.con, passing.snapshot, ws.score(dt.datetime(2026, 3, 15), k))
+    # A fourth taxpayer's first record, received after the base: the population is counted.
+    ingest_rows(
+        ws,
+        "tax",
+        [
+            {
+                "record_id": "L4",
+                "subject_id": resident_id(4),
+                "kind": "tax.late_filing",
+                "occurred_at": "2026-03-20",
+            }
+        ],
+        received_at=dt.datetime(2026, 6, 2),
+    )
+    k2 = dt.datetime(2026, 6, 3)
+    joined = ws.score_incremental(dt.datetime(2026, 4, 15), k2, full_share=None)
+    assert (joined.method, joined.snapshot.subjects) == ("tallies", 4)
+    assert_same_snapshot(ws.store.con, joined.snapshot, ws.score(dt.datetime(2026, 4, 15), k2))
+
+
 def test_the_operators_listing_history_reads_a_delta_through_its_base(ws: Any) -> None:
     """A debtor listed in the base and not rescored still counts in the delta's history."""
     from civiscore.web.data import _listing_history

@@ -288,8 +288,12 @@ class DuckDBEngine:
                     else:
                         _rescore(cur, rb, base, base_chain, at, known_at, affected, theirs, clock)
                     # Scores list only the rows that differ from the base's (plan._scores_sql),
-                    # so the population is counted, not carried forward from the base's rows.
-                    subjects = _count(cur, population)
+                    # so the population is counted, not carried forward from the base's rows;
+                    # unless no changed record can have brought anyone into it.
+                    if not_tallies is None and not tallies.joined_any(cur, base, at, known_at):
+                        subjects = base.subjects
+                    else:
+                        subjects = _count(cur, population)
                     clock.lap("count subjects")
                     snapshot = _write_update(
                         cur,

@@ -68,7 +68,9 @@ Why the result equals a full score at (T2, K2)
    For those the plan needs only the records within their kind's horizon at T2 and the
    retractions (:func:`horizons`), plus membership of the population: a subject in the base's
    population stays in it, and one that joins does so by a record of (a) or (d). The engine
-   reads membership at (T2, K2) from each subject's first records, as a full score does.
+   reads membership at (T2, K2) from each subject's first records, as a full score does, and
+   counts the population only when a changed record of (a) or (d) within (T2, K2) may have
+   brought someone in (otherwise it is the base's; :func:`civiscore.engine.tallies.joined_any`).
 
 5. **The base snapshot must say what it read.** Step 3 assumes the base holds f at (T1, K1)
    over every record received by K1. A record received by K1 but stored after the base's plan
