@@ -226,6 +226,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--executor-memory", default="12g", help="with --master: spark.executor.memory")
     p.add_argument("--runs", type=int, default=2, help="score and floor runs; the best counts")
     p.add_argument("--no-verify", action="store_true", help="skip the DuckDB identity check")
+    p.add_argument(
+        "--reuse-export",
+        action="store_true",
+        help="read the Parquet an earlier run wrote from the same store, when it is there "
+        "(the export is then not timed: its seconds and peak are reported as 0 and n/a)",
+    )
     return p.parse_args(argv)
 
 
@@ -251,14 +257,21 @@ def main(argv: list[str] | None = None) -> int:
         console.rule("Parquet")
         reset_peak()
         start = time.perf_counter()
-        records_file, subjects_file, firsts_file = export_store(con, parquet)
-        export_seconds = time.perf_counter() - start
-        export_peak = phase_peak_mib()
-        console.print(
-            f"{records:,} records written to {parquet} in {export_seconds:.1f} s, peak "
-            + ("n/a" if export_peak is None else f"{export_peak:,.0f} MiB")
-            + f" (DuckDB memory limit {settings['memory_limit']})"
-        )
+        names = ("records", "subjects", "subject_firsts")
+        earlier = [parquet / f"{name}.parquet" for name in names]
+        if args.reuse_export and all(path.exists() for path in earlier):
+            records_file, subjects_file, firsts_file = earlier
+            export_seconds, export_peak = 0.0, None
+            console.print(f"{records:,} records: the Parquet in {parquet} reused, not timed")
+        else:
+            records_file, subjects_file, firsts_file = export_store(con, parquet)
+            export_seconds = time.perf_counter() - start
+            export_peak = phase_peak_mib()
+            console.print(
+                f"{records:,} records written to {parquet} in {export_seconds:.1f} s, peak "
+                + ("n/a" if export_peak is None else f"{export_peak:,.0f} MiB")
+                + f" (DuckDB memory limit {settings['memory_limit']})"
+            )
 
         console.rule("session start-up")
         start = time.perf_counter()

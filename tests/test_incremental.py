@@ -624,13 +624,17 @@ def test_a_day_passing_takes_the_population_from_the_base_and_a_new_record_count
     ws: Any,
 ) -> None:
     """Nobody joins the population without a record received or dated since the base, so a day
-    passing does not count it (a pass over every subject's first records); a day that brings a
-    new subject does, and both equal a full score."""
+    passing neither looks for nor counts it (passes over every subject's first records) when no
+    benefit of the base's band reads it; a day that brings a new subject counts it, and both
+    equal a full score."""
     _three_taxpayers(ws)
     k = dt.datetime(2026, 6, 1)
     base = ws.score(dt.datetime(2026, 2, 15), k)
-    not_counted = AssertionError("the population was counted")
-    with patch.object(duckdb_engine, "_count", side_effect=not_counted):
+    not_counted = AssertionError("the population was looked for")
+    with (
+        patch.object(duckdb_engine, "_count", side_effect=not_counted),
+        patch.object(duckdb_engine, "population_sql", side_effect=not_counted),
+    ):
         passing = ws.score_incremental(dt.datetime(2026, 3, 15), k, full_share=None)
     assert (passing.method, passing.base_snapshot_id) == ("tallies", base.snapshot_id)
     assert passing.snapshot.subjects == 3

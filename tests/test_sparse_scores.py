@@ -146,8 +146,16 @@ def test_band_benefits_of_the_base_band_reach_the_members_without_a_row(
             patch.object(snapshots, "CONSOLIDATE_SHARE", 1.0),
             patch.object(tallies, "why_not", refuse or tallies.why_not),
         ):
+            # First a day passing alone (K unchanged: nobody joins): resident 1 is back in the
+            # base's band, with no row, and its benefit comes from the population.
+            passing = ws.engine.update(
+                ws.rulebook_at(later), base, later, RECEIVED, full_share=None
+            )
             update = ws.engine.update(ws.rulebook_at(later), base, later, LATER_K, full_share=None)
-        assert update.method == ("tallies" if tally else "records")
+        assert passing.method == update.method == ("tallies" if tally else "records")
+        assert passing.snapshot.subjects == 4
+        assert_same_snapshot(ws.store.con, passing.snapshot, ws.score(later, RECEIVED))
+        assert sid[1] in _granted(ws, passing.snapshot)
         assert update.snapshot.subjects == 5
         full = ws.score(later, LATER_K)
         assert_same_snapshot(ws.store.con, update.snapshot, full)

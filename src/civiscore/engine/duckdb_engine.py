@@ -25,7 +25,7 @@ from civiscore.engine.incremental import (
     too_many,
     why_full,
 )
-from civiscore.engine.plan import spent_after, stages, tables_read
+from civiscore.engine.plan import reads_population, spent_after, stages, tables_read
 from civiscore.rulebook.load import refuse_simulation_only
 from civiscore.rulebook.model import Rulebook
 from civiscore.store import firsts, locator, snapshots, timeline, withdrawals
@@ -275,9 +275,22 @@ class DuckDBEngine:
                 reason = too_many(affected, base, full_share)
                 if reason is None:
                     created = created_at or now_local()
-                    population = population_sql(cur, at, known_at)
+                    # Scores list only the rows that differ from the base's (plan._scores_sql),
+                    # so the population is counted, not carried forward from the base's rows;
+                    # unless no changed record can have brought anyone into it. Finding it reads
+                    # every subject's first records when their zone maps cannot place everyone,
+                    # so it is not looked for when neither the count nor the benefits read it.
+                    joined = not_tallies is not None or tallies.joined_any(cur, base, at, known_at)
+                    population = (
+                        population_sql(cur, at, known_at)
+                        if joined or reads_population(rb)
+                        else None
+                    )
                     theirs = (
-                        f"SELECT sid FROM ({population}) p WHERE sid IN (SELECT sid FROM affected)"
+                        None
+                        if population is None
+                        else f"SELECT sid FROM ({population}) p "
+                        "WHERE sid IN (SELECT sid FROM affected)"
                     )
                     if not_tallies is None:
                         assert base_seen is not None
@@ -286,13 +299,11 @@ class DuckDBEngine:
                         )
                         clock.lap("tallies")
                     else:
+                        assert theirs is not None
                         _rescore(cur, rb, base, base_chain, at, known_at, affected, theirs, clock)
-                    # Scores list only the rows that differ from the base's (plan._scores_sql),
-                    # so the population is counted, not carried forward from the base's rows;
-                    # unless no changed record can have brought anyone into it.
-                    if not_tallies is None and not tallies.joined_any(cur, base, at, known_at):
-                        subjects = base.subjects
-                    else:
+                    subjects = base.subjects
+                    if joined:
+                        assert population is not None
                         subjects = _count(cur, population)
                     clock.lap("count subjects")
                     snapshot = _write_update(

@@ -422,6 +422,13 @@ def default_row(rb: Rulebook) -> tuple[float, str]:
     return float(rb.base), base_band(rb)
 
 
+def reads_population(rb: Rulebook) -> bool:
+    """Whether a full score's benefits read the ``population`` stage: a band-triggered benefit
+    of the base's band reaches the members without a row in ``scores`` (:func:`_benefits_sql`)."""
+    band = base_band(rb)
+    return any(lst.trigger.band is not None and band in lst.trigger.band for lst in rb.listings)
+
+
 def base_band(rb: Rulebook) -> str:
     """The band of the base score."""
     for b in rb.bands:
@@ -743,7 +750,7 @@ def _benefits_sql(rb: Rulebook, everyone: bool) -> str:
         parts.append(
             f"{columns}\n            FROM scores WHERE band IN ({bands}) AND NOT grave_active"
         )
-        if everyone and base_band(rb) in listing.trigger.band:
+        if everyone and base_band(rb) in listing.trigger.band:  # as reads_population says
             parts.append(
                 f"""{columns}
             FROM (SELECT p.sid FROM population p LEFT JOIN scores s ON s.sid = p.sid

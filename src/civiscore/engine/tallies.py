@@ -197,19 +197,21 @@ def rescore(
     seen: int,
     at: dt.datetime,
     known_at: dt.datetime,
-    population: str,
+    population: str | None,
 ) -> None:
     """Create the plan's stages the snapshot is written from (``scores``, ``points``,
     ``caps``, ``decision_listings``, ``conduct_listings`` and ``benefits``) for the subjects in
     ``affected``, from ``changed`` and the base snapshot. ``population`` is a SELECT of those
-    subjects' population at (at, known_at)."""
+    subjects' population at (at, known_at), which only the base band's benefits read
+    (:func:`civiscore.engine.plan.reads_population`; None when they do not)."""
     T1, T2 = sql_timestamp(base.at), sql_timestamp(at)
     K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
     mine = "sid IN (SELECT sid FROM affected)"
     _points(cur, rb, chain, base_seen, T1, T2, K1, K2, mine)
     _listings(cur, rb, chain, seen, at, known_at, mine)
     # The plan's population stage, a view: read only when the base's band has a benefit.
-    cur.execute(f"CREATE TEMP VIEW population AS {population}")
+    if population is not None:
+        cur.execute(f"CREATE TEMP VIEW population AS {population}")
     plan = {s.name: s for s in stages(rb, at, known_at, None, population=population)}
     for name in ("scores", "benefits"):
         cur.execute(f"CREATE TEMP TABLE {name} AS {plan[name].sql}")
