@@ -287,6 +287,49 @@ def test_benefits_of_the_base_band_as_duckdb(
     assert len(green - scored) > population // 10
 
 
+def test_redlists_withheld_under_a_grave_sanction_as_duckdb(
+    city: Workspace, spark: SparkSession, exported: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """With a decision- and a conduct-triggered redlist, both engines list the same subjects,
+    and withhold both from those under a grave sanction (the city has some of each)."""
+    from civiscore.engine.spark_engine import SNAPSHOT_SQL as FRESH
+    from civiscore.rulebook.load import load
+    from tests.test_redlists import with_redlists
+
+    rb = load(with_redlists(tmp_path))
+    at, known = QUESTIONS["now, everything known"]
+    engine = SparkEngine(spark, *exported)
+    try:
+        frames = engine.score_frames(rb, at, known)
+        got = {name: _sorted([tuple(r) for r in frames[name].collect()]) for name in FRESH}
+    finally:
+        engine.release()
+    cur = city.engine.evaluate(rb, at, known)
+    try:
+        want = {name: _sorted(cur.execute(sql).fetchall()) for name, sql in FRESH.items()}
+        # Subjects a redlist's trigger lists, and those of them under a grave sanction.
+        triggered, withheld = (
+            {
+                r[0]
+                for r in cur.execute(
+                    f"""SELECT d.sid FROM (SELECT sid FROM decision_listings WHERE list = 'redlist'
+                                       UNION SELECT sid FROM conduct_listings
+                                       WHERE list = 'redlist') d
+                    WHERE {grave} d.sid IN (SELECT sid FROM scores WHERE grave_active)"""
+                ).fetchall()
+            }
+            for grave in ("NOT", "")
+        )
+    finally:
+        cur.close()
+    assert {n: [str(r) for r in rows] for n, rows in got.items()} == {
+        n: [str(r) for r in rows] for n, rows in want.items()
+    }
+    redlisted = {r[0] for r in want["listings"] if r[1] in ("volunteer", "regular_donor")}
+    assert triggered and withheld, "the city should have redlisted subjects under a sanction"
+    assert redlisted == triggered and not redlisted & withheld
+
+
 def test_withdrawn_records_are_dropped_by_a_filter_not_a_join(
     city: Workspace, spark: SparkSession, exported: tuple[Path, Path, Path]
 ) -> None:
