@@ -394,27 +394,6 @@ def test_the_matches_are_shuffled_once_by_subject(
         spark.conf.set("spark.sql.shuffle.partitions", str(before))
 
 
-def test_the_scores_group_points_and_sanctions_where_they_lie(
-    city: Workspace, spark: SparkSession, exported: tuple[Path, Path, Path]
-) -> None:
-    """``scores`` is one grouping by subject of the points and the grave sanctions' subjects,
-    both already in their subject's partition: no shuffle and no sort of the totals (a full
-    join of the totals with the sanctions sorted them all)."""
-    engine = SparkEngine(spark, *exported)
-    before = spark.conf.get("spark.sql.shuffle.partitions")
-    spark.conf.set("spark.sql.shuffle.partitions", "3")
-    try:
-        at, known = QUESTIONS[next(iter(QUESTIONS))]
-        session = engine.evaluate(city.rulebook_at(at), at, known)
-        plan = str(session.sql("EXPLAIN SELECT * FROM scores").collect()[0][0])
-        lines = plan.splitlines()
-        top = next(i for i, line in enumerate(lines) if "HashAggregate(keys=[sid#" in line)
-        assert "functions=[sum(" in lines[top] and lines[top + 1].strip() == "+- Union", plan
-    finally:
-        engine.release()
-        spark.conf.set("spark.sql.shuffle.partitions", str(before))
-
-
 def test_the_population_from_first_records_as_the_duckdb_engine_finds_it(
     spark: SparkSession, tmp_path: Path
 ) -> None:

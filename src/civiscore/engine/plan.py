@@ -330,14 +330,6 @@ def stages(
         # the conduct windows sort (a full score's peak memory).
         Stage("decision_listings", _decision_listings_sql(rb, T)),
         Stage("conduct_listings", _conduct_listings_sql(rb, at)),
-        # The subjects under a grave sanction (once per grave listing): a view, read by the
-        # scores (which cap their band) and by the benefits (which withhold their redlists).
-        Stage(
-            "grave",
-            """SELECT sid FROM decision_listings WHERE grave
-            UNION ALL SELECT sid FROM conduct_listings WHERE grave""",
-            view=True,
-        ),
         Stage(
             "matched",
             matched_sql(
@@ -393,24 +385,22 @@ def _scores_sql(rb: Rulebook, population: str | None) -> str:
     Otherwise (one subject or a set) the SELECT of the population, each of whom gets a row.
     """
     if population is None:
-        # One grouping of the points and the grave sanctions' subjects, rather than the totals
-        # joined in full with those: Spark sorted every total for that join, where the union
-        # is already in the subjects' partitions (spark_engine.BY_SUBJECT).
-        raw = f"""SELECT sid, CAST({rb.base!r} AS {POINTS}) + coalesce(sum(points), 0) AS score,
-                         bool_or(grave) AS grave_active
-                  FROM (SELECT sid, points, false AS grave FROM points
-                        UNION ALL
-                        SELECT sid, NULL, true FROM grave) u
-                  GROUP BY sid"""
+        subjects = "totals t FULL JOIN grave g USING (sid)"
+        who = "sid"
     else:
-        raw = f"""SELECT p.sid, CAST({rb.base!r} AS {POINTS}) + coalesce(t.total, 0) AS score,
+        subjects = f"""({population}) p LEFT JOIN totals t USING (sid)
+                  LEFT JOIN grave g USING (sid)"""
+        who = "p.sid"
+    return f"""WITH totals AS (
+                  SELECT sid, sum(points) AS total FROM points GROUP BY sid
+                ), grave AS (
+                  SELECT DISTINCT sid FROM decision_listings WHERE grave
+                  UNION SELECT DISTINCT sid FROM conduct_listings WHERE grave
+                ), raw AS (
+                  SELECT {who} AS sid,
+                         CAST({rb.base!r} AS {POINTS}) + coalesce(t.total, 0) AS score,
                          g.sid IS NOT NULL AS grave_active
-                  FROM ({population}) p
-                  LEFT JOIN (SELECT sid, sum(points) AS total FROM points GROUP BY sid) t
-                    USING (sid)
-                  LEFT JOIN (SELECT DISTINCT sid FROM grave) g USING (sid)"""
-    return f"""WITH raw AS (
-                  {raw}
+                  FROM {subjects}
                 )
                 SELECT sid, CAST(score AS {POINTS}) AS score, grave_active,
                        {band_sql(rb, "score")} AS raw_band,
@@ -767,13 +757,14 @@ def _benefits_sql(rb: Rulebook, everyone: bool) -> str:
                   WHERE s.sid IS NULL) d"""
             )
     # Decision- and conduct-triggered redlists also grant benefits, but never while a grave
-    # sanction runs: the subject is in ``grave``, which is what ``grave_active`` in ``scores``
-    # says. Asked of ``grave`` rather than joined with the scores: Spark sorted its 11.4
-    # million scores for each join (docs/benchmarks.md, "Twenty-second session").
+    # sanction runs: a grave listing of the same subject, which is what ``grave_active`` in
+    # ``scores`` says. Asked of the listings rather than joined with the scores: Spark sorted
+    # its 11.4 million scores for each join, most of the 5 s it took to write the listings.
     for stage in ("decision_listings", "conduct_listings"):
         parts.append(
             f"""SELECT d.* FROM {stage} d
             WHERE d.list = 'redlist'
-              AND NOT EXISTS (SELECT 1 FROM grave g WHERE g.sid = d.sid)"""
+              AND NOT EXISTS (SELECT 1 FROM decision_listings g WHERE g.grave AND g.sid = d.sid)
+              AND NOT EXISTS (SELECT 1 FROM conduct_listings g WHERE g.grave AND g.sid = d.sid)"""
         )
     return "\nUNION ALL\n".join(parts)

@@ -94,8 +94,8 @@ than by a join of every record's ids against the retractions (at Beijing's size 
 the scan of every record 2.75 times as slow; docs/benchmarks.md). Records without it (a data
 lake's own) are scored the same, by the join."""
 
-BY_SUBJECT = frozenset({"matched", "grave"})
-"""The stages whose rows are moved once to the partition of their subject, for everyone.
+BY_SUBJECT = "matched"
+"""The stage whose rows are moved once to the partition of their subject, for everyone.
 
 Every later stage but the listings groups or joins by subject (``caps``, ``points``, the
 totals in ``scores``), and Spark then keeps the rows where they are instead of shuffling them
@@ -103,9 +103,7 @@ again at each step: a grouping by (subject, rule, year) or (subject, context) is
 clustered when each subject's rows are in one partition. Moving the matches costs one shuffle
 of every match rather than of their partial sums, and spares the shuffles of ``points`` and of
 the totals: at Beijing's size ``points`` took 6.7 s instead of 19.4 and ``scores`` 15.2 instead
-of 20.9 (docs/benchmarks.md). The few subjects under a grave sanction are moved likewise, so
-that ``scores`` groups them with the points where they lie (a union of children partitioned
-alike keeps their partitioning) rather than shuffling every point or sorting every total."""
+of 20.9 (docs/benchmarks.md)."""
 
 SUBJECTS_SCHEMA: dict[str, DataType] = {
     "sid": LongType(),
@@ -503,7 +501,7 @@ class SparkEngine:
         partitions = int(session.conf.get("spark.sql.shuffle.partitions") or 200)
         for stage in plan:
             frame = session.sql(to_spark(stage.sql, types))
-            if sid is None and stage.name in BY_SUBJECT:
+            if sid is None and stage.name == BY_SUBJECT:
                 frame = frame.repartition(partitions, "sid")
             if stage.name in cached:
                 frame = frame.persist(StorageLevel.MEMORY_AND_DISK)

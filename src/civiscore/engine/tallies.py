@@ -213,7 +213,6 @@ def rescore(
     if population is not None:
         cur.execute(f"CREATE TEMP VIEW population AS {population}")
     plan = {s.name: s for s in stages(rb, at, known_at, None, population=population)}
-    cur.execute(f"CREATE TEMP VIEW grave AS {plan['grave'].sql}")
     for name in ("scores", "benefits"):
         cur.execute(f"CREATE TEMP TABLE {name} AS {plan[name].sql}")
 
