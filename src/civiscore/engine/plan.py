@@ -758,8 +758,9 @@ def _benefits_sql(rb: Rulebook, everyone: bool) -> str:
             )
     # Decision- and conduct-triggered redlists also grant benefits, but never while a grave
     # sanction runs: a grave listing of the same subject, which is what ``grave_active`` in
-    # ``scores`` says. Asked of the listings rather than joined with the scores: Spark sorted
-    # its 11.4 million scores for each join, most of the 5 s it took to write the listings.
+    # ``scores`` says. Asked of the listings rather than joined with the scores, which Spark
+    # sorted for each join (its listings written 0.5-1.8 s faster at Beijing's size;
+    # docs/benchmarks.md, "Twenty-second session").
     for stage in ("decision_listings", "conduct_listings"):
         parts.append(
             f"""SELECT d.* FROM {stage} d

@@ -175,8 +175,9 @@ def joined_any(
 
     Without one the population is the base's (:mod:`civiscore.engine.incremental`, step 4:
     nobody leaves it, and a subject joins by such a record), so an update need not count it.
-    A day passing has none; counting the population then took 0.04-0.15 s of a 0.8 s update
-    at Beijing's size (docs/benchmarks.md, "Twenty-second session").
+    A day passing has none; finding and counting the population then took two scans of every
+    subject's first records, 0.04-0.15 s each at Beijing's size when the zone maps cannot
+    answer them (docs/benchmarks.md, "Twenty-second session").
     """
     in_a, in_d = window_sql(base, at, known_at)
     T2, K2 = sql_timestamp(at), sql_timestamp(known_at)
@@ -203,7 +204,7 @@ def rescore(
     ``caps``, ``decision_listings``, ``conduct_listings`` and ``benefits``) for the subjects in
     ``affected``, from ``changed`` and the base snapshot. ``population`` is a SELECT of those
     subjects' population at (at, known_at), which only the base band's benefits read
-    (:func:`civiscore.engine.plan.reads_population`; None when they do not)."""
+    (:func:`civiscore.engine.plan.reads_population`); it may be None when they do not."""
     T1, T2 = sql_timestamp(base.at), sql_timestamp(at)
     K1, K2 = sql_timestamp(base.known_at), sql_timestamp(known_at)
     mine = "sid IN (SELECT sid FROM affected)"
