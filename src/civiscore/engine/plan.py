@@ -384,6 +384,8 @@ def _scores_sql(rb: Rulebook, population: str | None) -> str:
 
     Otherwise (one subject or a set) the SELECT of the population, each of whom gets a row.
     """
+    # The score is narrowed to POINTS before the bands compare it (three times a row): a sum's
+    # wider decimal is compared as a 128-bit number in DuckDB and as an object in Spark.
     if population is None:
         subjects = "totals t FULL JOIN grave g USING (sid)"
         who = "sid"
@@ -398,11 +400,12 @@ def _scores_sql(rb: Rulebook, population: str | None) -> str:
                   UNION SELECT DISTINCT sid FROM conduct_listings WHERE grave
                 ), raw AS (
                   SELECT {who} AS sid,
-                         CAST({rb.base!r} AS {POINTS}) + coalesce(t.total, 0) AS score,
+                         CAST(CAST({rb.base!r} AS {POINTS}) + coalesce(t.total, 0) AS {POINTS})
+                             AS score,
                          g.sid IS NOT NULL AS grave_active
                   FROM {subjects}
                 )
-                SELECT sid, CAST(score AS {POINTS}) AS score, grave_active,
+                SELECT sid, score, grave_active,
                        {band_sql(rb, "score")} AS raw_band,
                        CASE WHEN grave_active AND {band_rank_sql(rb, band_sql(rb, "score"))}
                                  < {band_rank_sql(rb, _q(rb.grave_sanction_band_cap))}
