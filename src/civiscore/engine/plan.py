@@ -384,8 +384,8 @@ def _scores_sql(rb: Rulebook, population: str | None) -> str:
 
     Otherwise (one subject or a set) the SELECT of the population, each of whom gets a row.
     """
-    # The score is narrowed to POINTS before the bands compare it (three times a row): a sum's
-    # wider decimal is compared as a 128-bit number in DuckDB and as an object in Spark.
+    # The score is narrowed to POINTS before the bands compare it (three times a row): DuckDB
+    # compares a sum's wider decimal as a 128-bit number, and took a sixth longer so.
     if population is None:
         subjects = "totals t FULL JOIN grave g USING (sid)"
         who = "sid"
@@ -761,9 +761,9 @@ def _benefits_sql(rb: Rulebook, everyone: bool) -> str:
             )
     # Decision- and conduct-triggered redlists also grant benefits, but never while a grave
     # sanction runs: a grave listing of the same subject, which is what ``grave_active`` in
-    # ``scores`` says. Asked of the listings rather than joined with the scores, which Spark
-    # sorted for each join (its listings written 0.5-1.8 s faster at Beijing's size;
-    # docs/benchmarks.md, "Twenty-second session").
+    # ``scores`` says. Asked of the listings rather than joined with the scores: the right side
+    # of a left join, too large to broadcast, which Spark shuffled for each join (its listings
+    # written 0.5-1.8 s faster at Beijing's size; docs/benchmarks.md, "Twenty-second session").
     for stage in ("decision_listings", "conduct_listings"):
         parts.append(
             f"""SELECT d.* FROM {stage} d
