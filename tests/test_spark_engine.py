@@ -25,10 +25,10 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 
 from civiscore.engine.incremental import SNAPSHOT_TABLES
 from civiscore.ingest.readers import FIELDS, open_file, read_batches
+from civiscore.rulebook.model import Rulebook
 from civiscore.store import firsts as firsts_sql
 from civiscore.synth.city import DEFAULT_END, write_city
 from civiscore.workspace import Workspace
@@ -253,18 +254,20 @@ def test_same_snapshot_as_duckdb(
     assert [str(r) for r in got] == [str(r) for r in want]
 
 
-def test_benefits_of_the_base_band_as_duckdb(
-    city: Workspace, spark: SparkSession, exported: tuple[Path, Path, Path], tmp_path: Path
-) -> None:
-    """With a band benefit for the base's band, the members without a score row (the plan's
-    ``population`` less its ``scores``) are granted it by both engines alike."""
-    from civiscore.engine.spark_engine import SNAPSHOT_SQL as FRESH
-    from civiscore.rulebook.load import demo_rulebook_path, load
+T = TypeVar("T")
 
-    text = demo_rulebook_path().read_text(encoding="utf-8")
-    variant = tmp_path / "green-for-a.yaml"
-    variant.write_text(text.replace("trigger: {band: [AAA, AA]}", "trigger: {band: [AAA, AA, A]}"))
-    rb = load(variant)
+
+def _both_engines(
+    city: Workspace,
+    spark: SparkSession,
+    exported: tuple[Path, Path, Path],
+    rb: Rulebook,
+    ask: Callable[[duckdb.DuckDBPyConnection], T],
+) -> tuple[dict[str, list[tuple[Any, ...]]], T]:
+    """The snapshot tables of a variant rulebook "now, everything known", from both engines
+    (asserted equal), and what ``ask`` finds among the DuckDB engine's stages."""
+    from civiscore.engine.spark_engine import SNAPSHOT_SQL as FRESH
+
     at, known = QUESTIONS["now, everything known"]
     engine = SparkEngine(spark, *exported)
     try:
@@ -275,12 +278,32 @@ def test_benefits_of_the_base_band_as_duckdb(
     cur = city.engine.evaluate(rb, at, known)
     try:
         want = {name: _sorted(cur.execute(sql).fetchall()) for name, sql in FRESH.items()}
-        population = cur.execute("SELECT count(*) FROM population").fetchall()[0][0]
+        asked = ask(cur)
     finally:
         cur.close()
     assert {n: [str(r) for r in rows] for n, rows in got.items()} == {
         n: [str(r) for r in rows] for n, rows in want.items()
     }
+    return want, asked
+
+
+def test_benefits_of_the_base_band_as_duckdb(
+    city: Workspace, spark: SparkSession, exported: tuple[Path, Path, Path], tmp_path: Path
+) -> None:
+    """With a band benefit for the base's band, the members without a score row (the plan's
+    ``population`` less its ``scores``) are granted it by both engines alike."""
+    from civiscore.rulebook.load import demo_rulebook_path, load
+
+    text = demo_rulebook_path().read_text(encoding="utf-8")
+    variant = tmp_path / "green-for-a.yaml"
+    variant.write_text(text.replace("trigger: {band: [AAA, AA]}", "trigger: {band: [AAA, AA, A]}"))
+    want, population = _both_engines(
+        city,
+        spark,
+        exported,
+        load(variant),
+        lambda cur: int(cur.execute("SELECT count(*) FROM population").fetchall()[0][0]),
+    )
     scored = {r[0] for r in want["scores"]}
     green = {r[0] for r in want["listings"] if r[1] == "green_channel"}
     # Most of the city has no score row (no counting record) and is granted by the default.
@@ -292,42 +315,24 @@ def test_redlists_withheld_under_a_grave_sanction_as_duckdb(
 ) -> None:
     """With a decision- and a conduct-triggered redlist, both engines list the same subjects,
     and withhold both from those under a grave sanction (the city has some of each)."""
-    from civiscore.engine.spark_engine import SNAPSHOT_SQL as FRESH
     from civiscore.rulebook.load import load
     from tests.test_redlists import with_redlists
 
-    rb = load(with_redlists(tmp_path))
-    at, known = QUESTIONS["now, everything known"]
-    engine = SparkEngine(spark, *exported)
-    try:
-        frames = engine.score_frames(rb, at, known)
-        got = {name: _sorted([tuple(r) for r in frames[name].collect()]) for name in FRESH}
-    finally:
-        engine.release()
-    cur = city.engine.evaluate(rb, at, known)
-    try:
-        want = {name: _sorted(cur.execute(sql).fetchall()) for name, sql in FRESH.items()}
-        # Subjects a redlist's trigger lists, and those of them under a grave sanction.
-        triggered, withheld = (
-            {
-                r[0]
-                for r in cur.execute(
-                    f"""SELECT d.sid FROM (SELECT sid FROM decision_listings WHERE list = 'redlist'
-                                       UNION SELECT sid FROM conduct_listings
-                                       WHERE list = 'redlist') d
-                    WHERE {grave} d.sid IN (SELECT sid FROM scores WHERE grave_active)"""
-                ).fetchall()
-            }
-            for grave in ("NOT", "")
-        )
-    finally:
-        cur.close()
-    assert {n: [str(r) for r in rows] for n, rows in got.items()} == {
-        n: [str(r) for r in rows] for n, rows in want.items()
-    }
+    def triggered(cur: duckdb.DuckDBPyConnection) -> tuple[set[int], set[int]]:
+        """Subjects a redlist's trigger lists, apart from and under a grave sanction."""
+        found = cur.execute(
+            """SELECT d.sid, d.sid IN (SELECT sid FROM scores WHERE grave_active)
+            FROM (SELECT sid FROM decision_listings WHERE list = 'redlist'
+                  UNION SELECT sid FROM conduct_listings WHERE list = 'redlist') d"""
+        ).fetchall()
+        return {sid for sid, grave in found if not grave}, {sid for sid, grave in found if grave}
+
+    want, (free, withheld) = _both_engines(
+        city, spark, exported, load(with_redlists(tmp_path)), triggered
+    )
     redlisted = {r[0] for r in want["listings"] if r[1] in ("volunteer", "regular_donor")}
-    assert triggered and withheld, "the city should have redlisted subjects under a sanction"
-    assert redlisted == triggered and not redlisted & withheld
+    assert free and withheld, "the city should have redlisted subjects under a sanction"
+    assert redlisted == free and not redlisted & withheld
 
 
 def test_withdrawn_records_are_dropped_by_a_filter_not_a_join(

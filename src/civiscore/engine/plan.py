@@ -371,6 +371,12 @@ def stages(
     return out
 
 
+# The subjects under a grave sanction (once per grave listing): ``scores`` caps their band, and
+# ``benefits`` withholds their redlists.
+_GRAVE = """SELECT sid FROM decision_listings WHERE grave
+                  UNION ALL SELECT sid FROM conduct_listings WHERE grave"""
+
+
 def _scores_sql(rb: Rulebook, population: str | None) -> str:
     """Each subject's score, band, and whether a grave sanction caps it.
 
@@ -396,8 +402,7 @@ def _scores_sql(rb: Rulebook, population: str | None) -> str:
     return f"""WITH totals AS (
                   SELECT sid, sum(points) AS total FROM points GROUP BY sid
                 ), grave AS (
-                  SELECT DISTINCT sid FROM decision_listings WHERE grave
-                  UNION SELECT DISTINCT sid FROM conduct_listings WHERE grave
+                  SELECT DISTINCT sid FROM ({_GRAVE}) g
                 ), raw AS (
                   SELECT {who} AS sid,
                          CAST(CAST({rb.base!r} AS {POINTS}) + coalesce(t.total, 0) AS {POINTS})
@@ -760,15 +765,14 @@ def _benefits_sql(rb: Rulebook, everyone: bool) -> str:
                   WHERE s.sid IS NULL) d"""
             )
     # Decision- and conduct-triggered redlists also grant benefits, but never while a grave
-    # sanction runs: a grave listing of the same subject, which is what ``grave_active`` in
-    # ``scores`` says. Asked of the listings rather than joined with the scores: the right side
-    # of a left join, too large to broadcast, which Spark shuffled for each join (its listings
-    # written 0.5-1.8 s faster at Beijing's size; docs/benchmarks.md, "Twenty-second session").
+    # sanction runs: the subject is in _GRAVE, as ``grave_active`` in ``scores`` says. Asked of
+    # the grave listings rather than joined with the scores: the right side of a left join,
+    # too large to broadcast, which Spark shuffled for each join (its listings written 0.5-1.8 s
+    # faster at Beijing's size; docs/benchmarks.md, "Twenty-second session").
     for stage in ("decision_listings", "conduct_listings"):
         parts.append(
             f"""SELECT d.* FROM {stage} d
             WHERE d.list = 'redlist'
-              AND NOT EXISTS (SELECT 1 FROM decision_listings g WHERE g.grave AND g.sid = d.sid)
-              AND NOT EXISTS (SELECT 1 FROM conduct_listings g WHERE g.grave AND g.sid = d.sid)"""
+              AND NOT EXISTS (SELECT 1 FROM ({_GRAVE}) g WHERE g.sid = d.sid)"""
         )
     return "\nUNION ALL\n".join(parts)
